@@ -1,0 +1,1 @@
+"""The `lav2` command line: one entry point, one module per subcommand."""

@@ -1,0 +1,48 @@
+"""`lav2` entry point.
+
+Each subcommand lives in `lav2_jax/cli/<name>.py` and exposes `add_parser(subparsers)` (which registers the
+subcommand and sets `func`) and is listed in `COMMANDS`. Modules are imported only when their subcommand runs,
+except for building the parser, so `lav2 info` never imports torch or TFDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (subcommand, module, one-line help) — the module's add_parser() defines the arguments.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("info", "lav2_jax.cli.info", "parameter counts of a model/adapter preset (no weights allocated)"),
+)
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line, no traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lav2", description="LLaMA-Adapter V2 in JAX/Flax")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"lav2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

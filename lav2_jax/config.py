@@ -1,0 +1,180 @@
+"""Frozen dataclass configs for the language model, its adapters and the visual branch.
+
+`ModelConfig` describes the frozen LLaMA (DESIGN.md §1.1), `AdapterConfig` every trainable addition of
+LLaMA-Adapter V2 (§1.2–1.3, paper §4.1–4.3), `VisionConfig` the frozen CLIP tower (§1.3). Named presets live in
+`lav2_jax.presets`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+LINEAR_KINDS = ("output", "input", "bias_qo_ffn", "none")
+FUSION_MODES = ("early", "official", "none")
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_qkv_out", "save_attn_ffn_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The frozen LLaMA decoder.
+
+    `ffn_hidden_dim` overrides the LLaMA rule `multiple_of * ceil(int(mult * int(8 * dim / 3)) / multiple_of)` when set.
+    `weight_dtype` is the storage dtype of frozen weights, `dtype` the compute dtype of activations.
+    """
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None
+    vocab_size: int = 32000
+    multiple_of: int = 256
+    ffn_dim_multiplier: Optional[float] = None
+    ffn_hidden_dim: Optional[int] = None
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    weight_dtype: str = "bfloat16"
+    dtype: str = "bfloat16"
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.dim % self.n_heads:
+            raise ValueError(f"ModelConfig.dim={self.dim} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not divisible by n_kv_heads={self.kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig head_dim={self.head_dim} must be even for RoPE")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_hidden_dim is not None:
+            return self.ffn_hidden_dim
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """Every trainable addition of LLaMA-Adapter V2.
+
+    linear_kind: `output` y = s*(Wx+b) on all seven linears (paper §4.1); `input` y = W(s*x)+b (released 65B chat);
+      `bias_qo_ffn` y = Wx+b on wq, wo, w1, w2, w3 (released multimodal 7B); `none`.
+    norm_tuning: RMSNorm weights are trainable.
+    lora_rank: 0 disables LoRA; `lora_alpha` defaults to the rank (factor 1, the released form).
+    prompt_len, prompt_layers: `prompt_len` adapter prompt tokens in each of the last `prompt_layers` (L) layers.
+    new_gate: the extra scalar gate of the released LoRA checkpoints (init 1).
+    visual_fusion: `early` (paper §4.3, visual prompts gated in the first `early_layers` K layers), `official`
+      (released: visual tokens added to the adapter prompts), or `none` (language-only).
+    query_len: number of visual tokens the connector emits.
+    v_depth, v_width, v_num_heads, v_mlp_ratio: the connector's transformer blocks (DESIGN.md §1.3).
+    """
+
+    linear_kind: str = "output"
+    norm_tuning: bool = True
+    lora_rank: int = 0
+    lora_alpha: Optional[float] = None
+    lora_targets: tuple = LINEAR_NAMES
+    new_gate: bool = False
+    prompt_len: int = 10
+    prompt_layers: int = 31
+    visual_fusion: str = "early"
+    early_layers: int = 1
+    query_len: int = 20
+    v_depth: int = 1
+    v_width: int = 768
+    v_num_heads: int = 16
+    v_mlp_ratio: float = 4.0
+
+    def __post_init__(self):
+        if self.linear_kind not in LINEAR_KINDS:
+            raise ValueError(f"AdapterConfig.linear_kind={self.linear_kind!r} not in {LINEAR_KINDS}")
+        if self.visual_fusion not in FUSION_MODES:
+            raise ValueError(f"AdapterConfig.visual_fusion={self.visual_fusion!r} not in {FUSION_MODES}")
+        bad = set(self.lora_targets) - set(LINEAR_NAMES)
+        if bad:
+            raise ValueError(f"AdapterConfig.lora_targets has unknown linears {sorted(bad)}")
+        if self.visual_fusion == "official" and self.query_len != self.prompt_len:
+            raise ValueError("AdapterConfig: official fusion adds visual tokens to adapter prompts, so query_len "
+                             f"({self.query_len}) must equal prompt_len ({self.prompt_len})")
+        if self.visual_fusion == "official" and not self.has_prompts:
+            raise ValueError("AdapterConfig: official fusion needs adapter prompts (prompt_len, prompt_layers > 0)")
+
+    @property
+    def has_prompts(self) -> bool:
+        return self.prompt_len > 0 and self.prompt_layers > 0
+
+    @property
+    def has_visual(self) -> bool:
+        return self.visual_fusion != "none"
+
+    @property
+    def lora_scale(self) -> float:
+        return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / max(self.lora_rank, 1)
+
+    def linear_has_bias(self, name: str) -> bool:
+        if self.linear_kind in ("output", "input"):
+            return True
+        return self.linear_kind == "bias_qo_ffn" and name not in ("wk", "wv")
+
+    def linear_has_scale(self, name: str) -> bool:
+        return self.linear_kind in ("output", "input")
+
+    def linear_has_lora(self, name: str) -> bool:
+        return self.lora_rank > 0 and name in self.lora_targets
+
+    def check(self, model: ModelConfig) -> None:
+        """Validates the adapter against the model it adapts."""
+        if self.prompt_layers > model.n_layers:
+            raise ValueError(f"AdapterConfig.prompt_layers={self.prompt_layers} exceeds n_layers={model.n_layers}")
+        if self.visual_fusion == "early" and self.early_layers + (self.prompt_layers if self.has_prompts else 0) > model.n_layers:
+            raise ValueError("AdapterConfig: early fusion needs early_layers + prompt_layers <= n_layers "
+                             f"({self.early_layers} + {self.prompt_layers} > {model.n_layers}), so no layer mixes both")
+
+    def replace(self, **kw) -> "AdapterConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """The frozen CLIP ViT (OpenAI layout). `output_dim` is the projection width (768 for ViT-L/14)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_ratio: float = 4.0
+    output_dim: int = 768
+    layer_norm_eps: float = 1e-5
+    weight_dtype: str = "bfloat16"
+    dtype: str = "bfloat16"
+    remat_policy: str = "none"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + 1
+
+    def replace(self, **kw) -> "VisionConfig":
+        return dataclasses.replace(self, **kw)
