@@ -1,8 +1,8 @@
 """`lav2` entry point.
 
-Each subcommand lives in `lav2_jax/cli/<name>.py` and exposes `add_parser(subparsers)` (which registers the
-subcommand and sets `func`) and is listed in `COMMANDS`. Modules are imported only when their subcommand runs,
-except for building the parser, so `lav2 info` never imports torch or TFDS.
+Each subcommand lives in `lav2_jax/cli/<name>.py`, exposes `add_arguments(parser)` and `run(args) -> int`, and is
+listed in `COMMANDS`. Subcommand modules keep heavy imports (torch, TFDS, the model) inside `run`, so building the
+parser stays cheap. `UserError` is how a subcommand reports a user's mistake: one line, no traceback, exit 2.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-# (subcommand, module, one-line help) — the module's add_parser() defines the arguments.
+# (subcommand, module, one-line help) — the module's add_arguments() defines the arguments.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("info", "lav2_jax.cli.info", "parameter counts of a model/adapter preset (no weights allocated)"),
 )
