@@ -29,6 +29,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("prompt", None),
     ("lora", None),
     ("norm", None),
+    ("adapter_embed", None),
     # vision tower and connector
     ("vis_embed", "fsdp"),
     ("vis_mlp", "tensor"),

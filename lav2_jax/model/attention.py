@@ -1,0 +1,101 @@
+"""Causal GQA self-attention with RoPE, adapted linears and gated prompts (DESIGN.md §1.1–1.2).
+
+One module serves training (no cache), prefill (cache given, `decode=False`: writes keys/values and computes the
+prompts' keys/values once into the cache) and decoding (`decode=True`: reads the prompts' keys/values from the cache,
+so they are computed once per generation call, not per step).
+
+Prompt sources handled per layer (`prompts` dict, all entries optional):
+  adapter [B|1, P, D], adapter_on scalar     — adapter prompts (official fusion: + visual tokens), gate `gate` [N]
+  visual [B, Pv, D], visual_gate [N], visual_on [B] — early-fusion visual prompts with their own gate
+In decode mode the token entries are absent; the flags and gates still are.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.model.adapted_dense import adapted_dense
+from lav2_jax.model.common import as_dtype, constrain, tag, trainable_param
+from lav2_jax.model.prompt_attention import gate_weight, gated_prompt_attention, prompt_kv
+from lav2_jax.model.rope import apply_rope, rope_angles
+
+
+def _write(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
+    """cache [B, S, ...] ← update [B, T, ...] at per-row slot start [B]."""
+    return jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice_in_dim(c, u, s, axis=0))(
+        cache, update.astype(cache.dtype), start)
+
+
+class Attention(nn.Module):
+    """x [B, T, D], positions [B, T] → ([B, T, D], updated layer cache or None)."""
+
+    config: ModelConfig
+    adapter: AdapterConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, prompts: dict, cache: Optional[dict] = None):
+        c, a = self.config, self.adapter
+        B, T, _ = x.shape
+        N, K, H = c.n_heads, c.kv_heads, c.head_dim
+        G = N // K
+        dtype = as_dtype(c.dtype)
+        dense = lambda name, f, axes: adapted_dense(a, name, f, axes, c.weight_dtype, c.dtype)  # noqa: E731
+        wq, wk = dense("wq", N * H, ("embed", "heads")), dense("wk", K * H, ("embed", "kv_heads"))
+        wv, wo = dense("wv", K * H, ("embed", "kv_heads")), dense("wo", c.dim, ("heads", "embed"))
+
+        q = tag(wq(x).reshape(B, T, N, H), "query")
+        k = tag(wk(x).reshape(B, T, K, H), "key")
+        v = tag(wv(x).reshape(B, T, K, H), "value")
+        cos, sin = rope_angles(positions, H, c.rope_theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = constrain(q * H ** -0.5, ("act_batch", "act_length", "act_heads", None)).reshape(B, T, K, G, H)
+
+        new_cache = None
+        if cache is not None:
+            new_cache = dict(cache)
+            new_cache["k"] = _write(cache["k"], k, positions[:, 0])
+            new_cache["v"] = _write(cache["v"], v, positions[:, 0])
+            k_all, v_all = new_cache["k"], new_cache["v"]
+            k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (B, k_all.shape[1]))
+        else:
+            k_all, v_all, k_pos = k, v, positions
+
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k_all.astype(dtype), preferred_element_type=jnp.float32)
+        causal = (k_pos[:, None, :] <= positions[:, :, None])[:, None, None]  # [B, 1, 1, T, S]
+        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_all.astype(dtype))
+
+        new_gate = None
+        if a.new_gate:
+            new_gate = trainable_param(self, "new_gate", nn.initializers.ones, (1,), (None,))
+        if a.has_prompts:
+            gate = trainable_param(self, "gate", nn.initializers.zeros, (N,), (None,))
+            pk, pv = self._prompt_kv("adapter", prompts, cache, new_cache, wk, wv)
+            w = gate_weight(gate, new_gate, prompts["adapter_on"])
+            out = out + gated_prompt_attention(q, pk, pv, w)
+        if a.visual_fusion == "early" and "visual_on" in prompts:
+            pk, pv = self._prompt_kv("visual", prompts, cache, new_cache, wk, wv)
+            w = gate_weight(prompts["visual_gate"], None, prompts["visual_on"])
+            out = out + gated_prompt_attention(q, pk, pv, w)
+
+        out = tag(out.reshape(B, T, N * H), "attn_out")
+        return wo(out), new_cache
+
+    def _prompt_kv(self, source: str, prompts: dict, cache, new_cache, wk, wv):
+        """The source's prompt keys/values: read from the cache when decoding, else computed (and cached)."""
+        c = self.config
+        if self.decode:
+            return cache[f"{source}_k"], cache[f"{source}_v"]
+        pk, pv = prompt_kv(wk, wv, prompts[source], c.kv_heads, c.head_dim)
+        if new_cache is not None:
+            shape = new_cache[f"{source}_k"].shape
+            new_cache[f"{source}_k"] = jnp.broadcast_to(pk, shape).astype(new_cache[f"{source}_k"].dtype)
+            new_cache[f"{source}_v"] = jnp.broadcast_to(pv, shape).astype(new_cache[f"{source}_v"].dtype)
+        return pk, pv

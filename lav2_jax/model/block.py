@@ -1,0 +1,57 @@
+"""One pre-norm decoder layer (DESIGN.md §1.1): `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
+
+Written for `nn.scan`: `__call__(x, layer_in, shared)` where `layer_in` holds this layer's slice of the stacked
+per-layer inputs (prompt tokens, flags, gates, KV cache) and `shared` the inputs every layer sees (positions,
+visual tokens). Returns `(x, updated layer cache or None)`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.model.attention import Attention
+from lav2_jax.model.common import constrain, tag
+from lav2_jax.model.ffn import FeedForward
+from lav2_jax.model.norms import RMSNorm
+
+ACT = ("act_batch", "act_length", "act_embed")
+
+
+class DecoderBlock(nn.Module):
+    """x [B, T, D] → [B, T, D].
+
+    layer_in: adapter_prompt [P, D] (raw adapter prompt of this layer, zeros where it has none), adapter_on scalar,
+      visual_gate [N], visual_on scalar (layer < K), cache (this layer's KV cache dict) — each optional.
+    shared: positions [B, T]; visual [B, Pv, D] visual tokens and has_image [B] when present.
+    """
+
+    config: ModelConfig
+    adapter: AdapterConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, layer_in: dict, shared: dict):
+        c, a = self.config, self.adapter
+        norm = lambda name: RMSNorm(c.norm_eps, a.norm_tuning, c.weight_dtype, c.dtype, name=name)  # noqa: E731
+        prompts = {}
+        if a.has_prompts:
+            prompts["adapter_on"] = layer_in["adapter_on"]
+            if not self.decode:
+                tokens = layer_in["adapter_prompt"][None]  # [1, P, D]
+                if a.visual_fusion == "official" and "visual" in shared:
+                    tokens = tokens + shared["visual"]  # [B, P, D]: visual tokens added to the adapter prompts
+                prompts["adapter"] = tokens
+        if "visual_on" in shared:  # early fusion with visual prompts in this call
+            prompts["visual_gate"] = layer_in["visual_gate"]
+            prompts["visual_on"] = layer_in["visual_on"] * shared["visual_on"]
+            if not self.decode:
+                prompts["visual"] = shared["visual"]
+
+        x = constrain(x, ACT)
+        attn, new_cache = Attention(c, a, self.decode, name="attention")(
+            norm("attention_norm")(x), shared["positions"], prompts, layer_in.get("cache"))
+        h = x + attn
+        out = h + FeedForward(c, a, name="feed_forward")(norm("ffn_norm")(h))
+        return tag(constrain(out, ACT), "block_out"), new_cache

@@ -1,0 +1,190 @@
+"""The frozen CLIP vision tower (OpenAI ViT layout), DESIGN.md §1.3 and §4.
+
+`CLIPVisionTower(config)(images [B, H, W, 3]) -> tokens [B, num_tokens, output_dim]`: patch embedding (no bias),
+class token, learned positions, `ln_pre`, `layers` pre-LN residual blocks (quick_gelu MLP), then `ln_post` and the
+projection applied to **all** tokens (class token first, then the patches row-major), not just the class token.
+
+Parameter tree (every weight frozen, stored in `config.weight_dtype`; kernels are [in, out]; D = width,
+M = int(width * mlp_ratio), P = patch_size, T = num_tokens, L = layers, O = output_dim):
+
+  conv1/kernel                       [P, P, 3, D]   OpenAI `visual.conv1.weight` [D, 3, P, P] .transpose(2, 3, 1, 0)
+  class_embedding                    [D]            `visual.class_embedding`
+  positional_embedding               [T, D]         `visual.positional_embedding`
+  ln_pre/{scale, bias}               [D]            `visual.ln_pre.{weight, bias}`
+  resblocks/ln_1/{scale, bias}       [L, D]         `visual.transformer.resblocks.N.ln_1.*`
+  resblocks/attn/{q, k, v}/kernel    [L, D, D]      `attn.in_proj_weight` [3D, D] = q;k;v rows: q = W[:D].T, ...
+  resblocks/attn/{q, k, v}/bias      [L, D]         `attn.in_proj_bias` [3D] split the same way
+  resblocks/attn/out/{kernel, bias}  [L, D, D], [L, D]  `attn.out_proj.{weight.T, bias}`
+  resblocks/ln_2/{scale, bias}       [L, D]         `ln_2.*`
+  resblocks/mlp/c_fc/{kernel, bias}  [L, D, M], [L, M]  `mlp.c_fc.{weight.T, bias}`
+  resblocks/mlp/c_proj/{kernel,bias} [L, M, D], [L, D]  `mlp.c_proj.{weight.T, bias}`
+  ln_post/{scale, bias}              [D]            `visual.ln_post.*`
+  proj                               [D, O]         `visual.proj` (already [in, out])
+
+Hugging Face `CLIPVisionModel` (hub files prefix `vision_model.`; the transformers-5 module's own state dict has
+no prefix): `embeddings.patch_embedding.weight` → conv1 (same transpose), `embeddings.class_embedding`,
+`embeddings.position_embedding.weight`, `pre_layrnorm` → ln_pre, `encoder.layers.N.self_attn.{q,k,v,out}_proj`
+→ attn/{q,k,v,out} (weight.T), `layer_norm1/2` → ln_1/2, `mlp.fc1/fc2` → c_fc/c_proj, `post_layernorm` → ln_post,
+`visual_projection.weight` [O, D] (in `CLIPModel` / `CLIPVisionModelWithProjection`) → proj = weight.T.
+
+Compute runs in `config.dtype`; LayerNorm statistics and the softmax in float32. The blocks run under `nn.scan`
+(params stacked on a leading `layers` axis) with the named remat policy `config.remat_policy`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lav2_jax.config import VisionConfig
+from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, tag, trainable_param
+from lav2_jax.model.norms import LayerNorm
+
+ACT_AXES = ("act_batch", "act_length", "act_embed")
+
+
+def vit_param(module: nn.Module, name: str, init, shape, axes, weight_dtype: str | None):
+    """A frozen weight in `weight_dtype`, or a trainable float32 one when `weight_dtype` is None."""
+    if weight_dtype is None:
+        return trainable_param(module, name, init, shape, axes)
+    return frozen_param(module, name, init, shape, axes, weight_dtype)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's activation `x * sigmoid(1.702 x)`."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+class Dense(nn.Module):
+    """x [..., in] → [..., features]: `kernel` [in, features] (+ `bias` [features]); frozen unless weight_dtype None."""
+
+    features: int
+    axes: tuple[str | None, str | None]  # logical names of (in, out)
+    use_bias: bool = True
+    weight_dtype: str | None = "float32"
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = as_dtype(self.dtype)
+        kernel = vit_param(self, "kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.axes,
+                           self.weight_dtype)
+        y = jnp.einsum("...D,DF->...F", x.astype(dtype), kernel.astype(dtype))
+        if self.use_bias:
+            bias = vit_param(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:], self.weight_dtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
+def attention_core(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
+    """Unmasked multi-head attention. q, k, v [B, T, N*H] → [B, T, N*H]; scores and softmax in float32."""
+    b, t, d = q.shape
+    hd = d // num_heads
+    q, k, v = (tag(y.reshape(b, t, num_heads, hd), n) for y, n in zip((q, k, v), ("query", "key", "value")))
+    scores = jnp.einsum("BTNH,BSNH->BNTS", q.astype(jnp.float32), k.astype(jnp.float32)) / jnp.sqrt(
+        jnp.float32(hd))
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BNTS,BSNH->BTNH", probs, v)
+    return out.reshape(b, t, d)
+
+
+class CLIPAttention(nn.Module):
+    """x [B, T, D] → [B, T, D]: separate q/k/v projections with bias, unmasked softmax attention, `out`."""
+
+    num_heads: int
+    weight_dtype: str = "float32"
+    dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        proj = lambda name, axes: Dense(d, axes, weight_dtype=self.weight_dtype, dtype=self.dtype, name=name)
+        q, k, v = (proj(n, ("vis_embed", "vis_heads"))(x) for n in ("q", "k", "v"))
+        out = attention_core(q, k, v, self.num_heads)
+        return tag(proj("out", ("vis_heads", "vis_embed"))(out), "attn_out")
+
+
+class CLIPMlp(nn.Module):
+    """x [B, T, D] → c_proj(quick_gelu(c_fc(x))) [B, T, D]; hidden M = int(width * mlp_ratio)."""
+
+    config: VisionConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        h = Dense(int(c.width * c.mlp_ratio), ("vis_embed", "vis_mlp"), weight_dtype=c.weight_dtype, dtype=c.dtype,
+                  name="c_fc")(x)
+        return Dense(c.width, ("vis_mlp", "vis_embed"), weight_dtype=c.weight_dtype, dtype=c.dtype,
+                     name="c_proj")(quick_gelu(h))
+
+
+class ResBlock(nn.Module):
+    """One pre-LN CLIP block; carry x [B, T, D] → (x', x' if return_hidden else None) for `nn.scan`."""
+
+    config: VisionConfig
+    return_hidden: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array):
+        c = self.config
+        norm = lambda name: LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name=name)
+        x = x + CLIPAttention(c.heads, c.weight_dtype, c.dtype, name="attn")(norm("ln_1")(x))
+        x = constrain(x, ACT_AXES)
+        h = tag(CLIPMlp(c, name="mlp")(norm("ln_2")(x)), "ffn_out")
+        x = constrain(x + h, ACT_AXES)
+        return x, (x if self.return_hidden else None)
+
+
+class PatchEmbed(nn.Module):
+    """images [B, H, W, C] → patch embeddings [B, (H/P)*(W/P), D], row-major; `kernel` [P, P, C, D], no bias."""
+
+    config: VisionConfig
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        c = self.config
+        b, h, w, ch = images.shape
+        p, dtype = c.patch_size, as_dtype(c.dtype)
+        kernel = frozen_param(self, "kernel", nn.initializers.normal(0.02), (p, p, ch, c.width),
+                              ("vis_patch", None, "vis_channels", "vis_embed"),  # a name may occur once per array
+                              c.weight_dtype)
+        patches = images.astype(dtype).reshape(b, h // p, p, w // p, p, ch)
+        x = jnp.einsum("BhpwqC,pqCD->BhwD", patches, kernel.astype(dtype))
+        return x.reshape(b, (h // p) * (w // p), c.width)
+
+
+class CLIPVisionTower(nn.Module):
+    """images [B, H, W, 3] float32 (normalised) → tokens [B, T, output_dim] in `config.dtype`.
+
+    With `return_hidden_states=True` returns `(tokens, hidden)`, hidden [layers + 1, B, T, width]: the embeddings
+    after `ln_pre`, then the output of each block (Hugging Face's `hidden_states`, stacked).
+    """
+
+    config: VisionConfig
+
+    @nn.compact
+    def __call__(self, images: jax.Array, return_hidden_states: bool = False):
+        c = self.config
+        b, h, w, _ = images.shape
+        if (h, w) != (c.image_size, c.image_size):
+            raise ValueError(f"CLIPVisionTower expects {c.image_size}x{c.image_size} images, got {h}x{w}")
+        dtype = as_dtype(c.dtype)
+        x = PatchEmbed(c, name="conv1")(images)  # [B, T-1, D]
+        cls = frozen_param(self, "class_embedding", nn.initializers.normal(0.02), (c.width,), ("vis_embed",),
+                           c.weight_dtype)
+        pos = frozen_param(self, "positional_embedding", nn.initializers.normal(0.01), (c.num_tokens, c.width),
+                           ("vis_tokens", "vis_embed"), c.weight_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.width)), x], axis=1)
+        x = x + pos.astype(dtype)[None]
+        x = constrain(LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name="ln_pre")(x),
+                      ACT_AXES)
+        blocks = scan_layers(maybe_remat(ResBlock, c.remat_policy), c.layers, in_axes=())
+        y, hidden = blocks(c, return_hidden=return_hidden_states, name="resblocks")(x)
+        y = LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name="ln_post")(y)
+        proj = frozen_param(self, "proj", nn.initializers.normal(c.width ** -0.5), (c.width, c.output_dim),
+                            ("vis_embed", None), c.weight_dtype)
+        tokens = constrain(jnp.einsum("BTD,DO->BTO", y, proj.astype(dtype)), ACT_AXES)
+        if return_hidden_states:
+            return tokens, jnp.concatenate([x[None], hidden], axis=0)
+        return tokens

@@ -1,0 +1,58 @@
+"""Building and initialising models: the one place that knows which dummy inputs a configuration needs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.model.transformer import Transformer
+
+
+def build_model(config: ModelConfig, adapter: AdapterConfig, vision: Optional[VisionConfig] = None) -> Transformer:
+    adapter.check(config)
+    return Transformer(config, adapter, vision)
+
+
+def dummy_inputs(model: Transformer, batch: int = 1, length: int = 1) -> dict:
+    """Abstract inputs that touch every parameter of `model` (visual tokens or images when it has a fusion mode)."""
+    inputs = {"tokens": jax.ShapeDtypeStruct((batch, length), jnp.int32)}
+    if model.adapter.has_visual:
+        if model.vision is not None:
+            s = model.vision.image_size
+            inputs["images"] = jax.ShapeDtypeStruct((batch, s, s, 3), jnp.float32)
+            inputs["has_image"] = jax.ShapeDtypeStruct((batch,), jnp.bool_)
+        else:
+            inputs["visual_tokens"] = jax.ShapeDtypeStruct((batch, model.adapter.query_len, model.config.dim),
+                                                           jnp.float32)
+    return inputs
+
+
+def _zeros(inputs: dict) -> dict:
+    return {k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
+
+
+def init_params(model: Transformer, rng: jax.Array, boxed: bool = False) -> dict:
+    """Random parameters (frozen weights in their weight dtype, adapters in float32; adapters at identity)."""
+    inputs = _zeros(dummy_inputs(model))
+
+    @jax.jit
+    def init(rng, inputs):
+        params = model.init(rng, inputs.pop("tokens"), **inputs)["params"]
+        return params if boxed else nn.unbox(params)
+
+    return init(rng, inputs)
+
+
+def abstract_params(model: Transformer, boxed: bool = False) -> dict:
+    """ShapeDtypeStructs of every parameter, via `jax.eval_shape` (allocates nothing: 65B answers in seconds)."""
+    inputs = dummy_inputs(model)
+
+    def init(rng, tokens, **kw):
+        return model.init(rng, tokens, **kw)["params"]
+
+    params = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32), inputs.pop("tokens"), **inputs)
+    return params if boxed else nn.unbox(params)
