@@ -47,13 +47,14 @@ def unbox(tree):
     return nn.unbox(tree)
 
 
-def perturb_adapters(params: dict, seed: int = 1, scale: float = 0.5) -> dict:
-    """Moves every non-kernel leaf away from its identity init (gates, biases, scales, LoRA, prompts, norms)."""
+def perturb_adapters(params: dict, seed: int = 1, scale: float = 0.5, subtrees: tuple = ("connector",)) -> dict:
+    """Moves every non-kernel leaf away from its identity init (gates, biases, scales, LoRA, prompts, norms), and
+    every leaf (kernels too) of the top-level `subtrees` (the trainable connector)."""
     flat = traverse_util.flatten_dict(unbox(params))
     keys = jax.random.split(jax.random.PRNGKey(seed), len(flat))
     out = {}
     for key, (path, leaf) in zip(keys, sorted(flat.items())):
-        if path[-1] not in FROZEN_LEAVES:
+        if path[-1] not in FROZEN_LEAVES or path[0] in subtrees:
             leaf = leaf + scale * jax.random.normal(key, leaf.shape, leaf.dtype)
         out[path] = leaf
     return traverse_util.unflatten_dict(out)

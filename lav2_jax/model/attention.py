@@ -79,14 +79,20 @@ class Attention(nn.Module):
             gate = trainable_param(self, "gate", nn.initializers.zeros, (N,), (None,))
             pk, pv = self._prompt_kv("adapter", prompts, cache, new_cache, wk, wv)
             w = gate_weight(gate, new_gate, prompts["adapter_on"])
-            out = out + gated_prompt_attention(q, pk, pv, w)
+            out = out + self._sown("adapter_prompt_out", gated_prompt_attention(q, pk, pv, w))
         if a.visual_fusion == "early" and "visual_on" in prompts:
             pk, pv = self._prompt_kv("visual", prompts, cache, new_cache, wk, wv)
             w = gate_weight(prompts["visual_gate"], None, prompts["visual_on"])
-            out = out + gated_prompt_attention(q, pk, pv, w)
+            out = out + self._sown("visual_prompt_out", gated_prompt_attention(q, pk, pv, w))
 
         out = tag(out.reshape(B, T, N * H), "attn_out")
         return wo(out), new_cache
+
+    def _sown(self, name: str, contribution: jax.Array) -> jax.Array:
+        """Records a prompt source's contribution [B, T, K, G, H] in the `intermediates` collection (a no-op unless
+        `apply(..., mutable=["intermediates"])`), so tests and monitoring can see which layers each source reaches."""
+        self.sow("intermediates", name, contribution)
+        return contribution
 
     def _prompt_kv(self, source: str, prompts: dict, cache, new_cache, wk, wv):
         """The source's prompt keys/values: read from the cache when decoding, else computed (and cached)."""
