@@ -14,6 +14,7 @@ import sys
 # (subcommand, module, one-line help) — the module's add_arguments() defines the arguments.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("info", "lav2_jax.cli.info", "parameter counts of a model/adapter preset (no weights allocated)"),
+    ("compile", "lav2_jax.cli.compile", "ahead-of-time compile for a TPU topology; per-chip memory"),
 )
 
 

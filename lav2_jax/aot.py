@@ -1,0 +1,113 @@
+"""Ahead-of-time compilation for TPU topologies we can only compile for (DESIGN.md §5, MaxText-style).
+
+With `libtpu` installed (extra `tpu`), `jax.experimental.topologies.get_topology_desc` describes a TPU slice on a
+CPU host (`JAX_PLATFORMS=cpu` is fine); a program lowered with shardings over that slice's devices compiles to TPU
+code whose `memory_analysis()` gives per-chip bytes and `cost_analysis()` FLOPs — before renting the pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from lav2_jax.sharding import MESH_AXES
+
+# libtpu looks for a TPU VM's metadata at start-up; on a CPU host these keep it quiet and offline.
+_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-8", "TPU_WORKER_HOSTNAMES": "localhost",
+               "TPU_WORKER_ID": "0"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileReport:
+    """Per-chip figures of one compiled program."""
+
+    topology: str
+    num_devices: int
+    mesh: dict
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    alias_bytes: int
+    generated_code_bytes: int
+    xla_flops: float  # XLA's cost analysis: a scanned (while-loop) body is counted once, not per layer
+
+    @property
+    def peak_bytes(self) -> int:
+        """Arguments + outputs + temporaries − donated (aliased) buffers: the HBM a chip needs for this program."""
+        return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes)
+
+
+def topology_devices(topology: str, platform: str = "tpu") -> list:
+    """The devices of a named topology, e.g. `v5e:2x4`, `v4:2x2x2`, `v5p:2x2x4`. Needs libtpu for TPUs."""
+    for key, value in _LIBTPU_ENV.items():
+        os.environ.setdefault(key, value)
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(platform=platform, topology_name=topology)
+    except Exception as e:  # libtpu missing or an unknown topology name: say which
+        raise ValueError(f"cannot describe {platform} topology {topology!r} ({e}); is libtpu installed "
+                         "(pip install -e '.[tpu]')?") from e
+    return list(desc.devices)
+
+
+def topology_mesh(topology: str, data: int = 1, fsdp: int = -1, tensor: int = 1):
+    """A (data, fsdp, tensor) mesh over a topology's devices (one size may be -1 = fill)."""
+    from lav2_jax.sharding import make_mesh
+
+    return make_mesh(data, fsdp, tensor, devices=topology_devices(topology))
+
+
+def compile_report(topology: str, mesh, compiled) -> CompileReport:
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return CompileReport(
+        topology=topology, num_devices=int(np.prod(list(mesh.shape.values()))),
+        mesh={a: int(mesh.shape[a]) for a in MESH_AXES},
+        argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
+        generated_code_bytes=int(mem.generated_code_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)))
+
+
+def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_shardings: Any = None, mesh=None,
+                      donate_argnums: tuple = ()):
+    """`jax.jit(fn).lower(*abstract args).compile()` under the logical-axis rules and `mesh`."""
+    import flax.linen as nn
+
+    from lav2_jax.sharding import LOGICAL_RULES
+
+    jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
+    with mesh, nn.logical_axis_rules(LOGICAL_RULES):
+        return jitted.lower(*args).compile()
+
+
+def compile_forward(model, mesh, batch: int, seq: int):
+    """Compiles the model's forward pass (logits) for `batch` × `seq` tokens (+ images for visual adapters)."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from lav2_jax.model.factory import abstract_params, dummy_inputs
+    from lav2_jax.sharding import logical_shardings
+
+    boxed = abstract_params(model, boxed=True)
+    param_shardings = logical_shardings(boxed, mesh)
+    params = abstract_params(model)
+    inputs = dummy_inputs(model, batch, seq)
+    batch_axes = ("data", "fsdp")
+    in_sh = {k: NamedSharding(mesh, P(batch_axes, *([None] * (len(v.shape) - 1)))) for k, v in inputs.items()}
+    inputs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=in_sh[k]) for k, v in inputs.items()}
+
+    def forward(p, inputs):
+        inputs = dict(inputs)
+        return model.apply({"params": p}, inputs.pop("tokens"), **inputs).astype(jnp.float32)
+
+    return lower_and_compile(forward, (params, inputs), (param_shardings, in_sh),
+                             NamedSharding(mesh, P(batch_axes, None, "tensor")), mesh)
