@@ -3,5 +3,12 @@
 from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax import presets
 
-__all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets"]
+__all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets", "load_pretrained"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: `import lav2_jax` (and the CLI parser) stays free of jax/orbax
+    if name == "load_pretrained":
+        from lav2_jax.checkpoint.pretrained import load_pretrained
+        return load_pretrained
+    raise AttributeError(f"module 'lav2_jax' has no attribute {name!r}")

@@ -14,6 +14,8 @@ import sys
 # (subcommand, module, one-line help) — the module's add_arguments() defines the arguments.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("info", "lav2_jax.cli.info", "parameter counts of a model/adapter preset (no weights allocated)"),
+    ("convert", "lav2_jax.cli.convert", "PyTorch weights (meta, hf, clip, official, chat65b) → orbax checkpoint"),
+    ("export", "lav2_jax.cli.export", "checkpoint → released adapter file (official) or a plain HF Llama dir (hf)"),
     ("compile", "lav2_jax.cli.compile", "ahead-of-time compile for a TPU topology; per-chip memory"),
 )
 

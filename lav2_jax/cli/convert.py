@@ -1,0 +1,80 @@
+"""`lav2 convert meta|hf|clip|official|chat65b ...`: PyTorch weights → an orbax checkpoint (issue 4).
+
+  meta      --ckpt-dir D [--tokenizer T]                        Meta LLaMA (params.json, consolidated.NN.pth)
+  hf        --hf-dir D                                          Hugging Face Llama directory
+  clip      --clip FILE|DIR [--heads N]                         OpenAI CLIP (state dict / TorchScript) or HF CLIP
+  official  --llama-dir D --llama-type 7B --adapter F --clip F  released LLaMA-Adapter V2 multimodal file
+  chat65b   --ckpt F [F ...] --params P --tokenizer T           released 65B chat checkpoint
+All take --out OUT, --weight-dtype bfloat16|float32 (frozen weights; trainable ones stay float32), --overwrite.
+Every input problem is reported (file and key) before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="source", metavar="SOURCE")
+    sub.required = True
+
+    def source(name, help_text):
+        s = sub.add_parser(name, help=help_text, description=help_text)
+        s.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+        s.add_argument("--weight-dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                       help="storage dtype of frozen weights (default bfloat16)")
+        s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+        return s
+
+    s = source("meta", "Meta LLaMA directory (params.json, consolidated.NN.pth, tokenizer.model)")
+    s.add_argument("--ckpt-dir", required=True)
+    s.add_argument("--tokenizer", default=None, help="tokenizer.model (default: in --ckpt-dir or its parent)")
+    s.add_argument("--max-seq-len", type=int, default=2048)
+    s = source("hf", "Hugging Face Llama directory (config.json + safetensors / pytorch_model*.bin)")
+    s.add_argument("--hf-dir", required=True)
+    s.add_argument("--max-seq-len", type=int, default=None, help="default: max_position_embeddings")
+    s = source("clip", "OpenAI CLIP weights (state dict or TorchScript archive) or a Hugging Face CLIP directory")
+    s.add_argument("--clip", required=True)
+    s.add_argument("--heads", type=int, default=None, help="attention heads (default width / 64)")
+    s = source("official", "released LLaMA-Adapter V2 file + base LLaMA + CLIP → multimodal checkpoint")
+    s.add_argument("--llama-dir", required=True, help="holds tokenizer.model and <llama-type>/")
+    s.add_argument("--llama-type", required=True, help="e.g. 7B, llama-2-7b")
+    s.add_argument("--adapter", required=True, help="released adapter file (.pth)")
+    s.add_argument("--clip", required=True, help="OpenAI CLIP ViT-L-14.pt (or a state dict / HF dir)")
+    s.add_argument("--v-num-heads", type=int, default=16, help="heads of the connector blocks (release: 16)")
+    s.add_argument("--max-seq-len", type=int, default=512, help="context length (release: 512)")
+    s = source("chat65b", "released 65B chat checkpoint (full state dict under 'model')")
+    s.add_argument("--ckpt", required=True, nargs="+", help="file, or model-parallel shards in order")
+    s.add_argument("--params", required=True, help="params.json")
+    s.add_argument("--tokenizer", required=True, help="tokenizer.model")
+    s.add_argument("--max-seq-len", type=int, default=2048)
+
+
+def run(args) -> int:
+    from lav2_jax.cli.main import UserError
+
+    try:
+        out = _convert(args)
+    except (ValueError, FileExistsError) as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {out}")
+    return 0
+
+
+def _convert(args) -> str:
+    common = dict(weight_dtype=args.weight_dtype, overwrite=args.overwrite)
+    if args.source == "meta":
+        from lav2_jax.checkpoint.convert.meta import convert_meta
+        return convert_meta(args.ckpt_dir, args.out, tokenizer=args.tokenizer, max_seq_len=args.max_seq_len, **common)
+    if args.source == "hf":
+        from lav2_jax.checkpoint.convert.hf import convert_hf
+        return convert_hf(args.hf_dir, args.out, max_seq_len=args.max_seq_len, **common)
+    if args.source == "clip":
+        from lav2_jax.checkpoint.convert.clip import convert_clip
+        return convert_clip(args.clip, args.out, heads=args.heads, **common)
+    if args.source == "official":
+        from lav2_jax.checkpoint.convert.official import convert_official
+        return convert_official(args.llama_dir, args.llama_type, args.adapter, args.clip, args.out,
+                                v_num_heads=args.v_num_heads, max_seq_len=args.max_seq_len, **common)
+    from lav2_jax.checkpoint.convert.chat65b import convert_chat65b
+    return convert_chat65b(args.ckpt, args.params, args.tokenizer, args.out, max_seq_len=args.max_seq_len, **common)
