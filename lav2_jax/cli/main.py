@@ -11,17 +11,16 @@ import argparse
 import importlib
 import sys
 
+from lav2_jax.cli.errors import UserError  # noqa: F401  (re-exported: subcommands raise it)
+
 # (subcommand, module, one-line help) — the module's add_arguments() defines the arguments.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("info", "lav2_jax.cli.info", "parameter counts of a model/adapter preset (no weights allocated)"),
     ("convert", "lav2_jax.cli.convert", "PyTorch weights (meta, hf, clip, official, chat65b) → orbax checkpoint"),
     ("export", "lav2_jax.cli.export", "checkpoint → released adapter file (official) or a plain HF Llama dir (hf)"),
     ("compile", "lav2_jax.cli.compile", "ahead-of-time compile for a TPU topology; per-chip memory"),
+    ("train", "lav2_jax.cli.train", "train adapters (joint / pretrain / finetune recipes), resumable"),
 )
-
-
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, no traceback, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

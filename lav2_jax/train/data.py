@@ -1,0 +1,86 @@
+"""The trainer's input: an iterator of `{stream: batch}` (numpy, this process's rows) with `get_state`/`set_state`.
+
+`config.data.source`:
+  synthetic  `lav2_jax.train.synthetic` (deterministic, in memory; each process takes its rows of the global batch)
+  pipeline   `lav2_jax.data.pipeline` grain pipelines over datasets from `lav2 data build`: `config.data.<stream>`
+             gives `path` and `max_len`; each process reads its 1/process_count shard with a per-process batch of
+             global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from lav2_jax.train.mesh import local_rows
+from lav2_jax.train.synthetic import MultiStream, SyntheticStream
+
+
+class Keyed:
+    """Wraps a single-stream iterator so that it yields `{key: batch}` (pretrain / finetune / full recipes)."""
+
+    def __init__(self, key: str, it):
+        self.key, self.it = key, it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {self.key: next(self.it)}
+
+    def get_state(self) -> Any:
+        return self.it.get_state()
+
+    def set_state(self, state: Any) -> None:
+        self.it.set_state(state)
+
+
+def synthetic(config, setup) -> MultiStream:
+    d = config.data
+    vision = setup.model.vision
+    streams = []
+    for s in setup.streams:
+        with_images = s.batch_key in ("caption", "train") and setup.model.adapter.has_visual and vision is not None
+        gb = setup.global_batch[s.batch_key]
+        streams.append(SyntheticStream(
+            s.batch_key, gb, int(d.seq_len), setup.model.config.vocab_size,
+            image_size=vision.image_size if with_images else 0, seed=int(d.seed),
+            num_examples=int(d.num_examples) or None, answer_vocab=int(d.answer_vocab),
+            rows=local_rows(setup.mesh, gb)))
+    return MultiStream(streams)
+
+
+def pipeline(config, setup):
+    from lav2_jax.data.pipeline import JointPipeline, Pipeline, PipelineConfig
+    from lav2_jax.data.tokenizer import load_tokenizer
+
+    d = config.data
+    tok = load_tokenizer(d.tokenizer)
+    vision = setup.model.vision
+
+    def make(key: str) -> Pipeline:
+        sc = d[key]
+        gb = setup.global_batch[key]
+        if gb % jax.process_count():
+            raise ValueError(f"global batch {gb} of stream {key!r} does not split over {jax.process_count()} hosts")
+        pc = PipelineConfig(batch_size=gb // jax.process_count(), max_len=int(sc.max_len), seed=int(d.seed),
+                            image_size=vision.image_size if vision is not None else 224,
+                            channel_order=d.get("channel_order", "rgb"), worker_count=int(d.get("worker_count", 0)))
+        return Pipeline(sc.path, tok, pc)
+
+    keys = [s.batch_key for s in setup.streams]
+    if keys == ["caption", "instruction"]:
+        return iter(JointPipeline(make("caption"), make("instruction")))
+    if len(keys) != 1:
+        raise ValueError(f"no pipeline for streams {keys}")
+    return Keyed(keys[0], iter(make(keys[0])))
+
+
+def make_data(config, setup):
+    source = config.data.source
+    if source == "synthetic":
+        return synthetic(config, setup)
+    if source == "pipeline":
+        return pipeline(config, setup)
+    raise ValueError(f"config.data.source={source!r}: use 'synthetic' or 'pipeline'")
