@@ -111,3 +111,43 @@ def compile_forward(model, mesh, batch: int, seq: int):
 
     return lower_and_compile(forward, (params, inputs), (param_shardings, in_sh),
                              NamedSharding(mesh, P(batch_axes, None, "tensor")), mesh)
+
+
+def load_config(path: str):
+    """`get_config()` of an ml_collections config file (`configs/*.py`)."""
+    import runpy
+
+    try:
+        return runpy.run_path(path)["get_config"]()
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} not found") from None
+    except KeyError:
+        raise ValueError(f"config file {path} defines no get_config()") from None
+
+
+def abstract_batch(setup, config) -> dict:
+    """Abstract global batches per stream, as the data pipeline delivers them (`lav2_jax.data.pipeline`)."""
+    import jax.numpy as jnp
+
+    from lav2_jax.train.step import batch_sharding
+
+    mesh, batch = setup.mesh, {}
+    for stream in setup.streams:
+        rows, length = setup.global_batch[stream.batch_key], int(config.data[stream.batch_key].max_len)
+        shapes = {"tokens": ((rows, length), jnp.int32), "targets": ((rows, length), jnp.int32),
+                  "loss_mask": ((rows, length), jnp.float32)}
+        if setup.model.vision is not None and stream.batch_key != "instruction":
+            size = setup.model.vision.image_size
+            shapes.update(images=((rows, size, size, 3), jnp.float32), has_image=((rows,), jnp.bool_))
+        batch[stream.batch_key] = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
+                                   for k, (shape, dtype) in shapes.items()}
+    return batch
+
+
+def compile_train_step(config, mesh):
+    """Compiles the training step a `lav2 train` config describes (recipe, groups, optimizer, accumulation, remat,
+    batch sizes and `max_len` per stream) on `mesh`, allocating nothing."""
+    from lav2_jax.train import state as state_lib
+
+    setup, state = state_lib.build(config, mesh, abstract=True)
+    return setup.train_step.lower(state, setup.frozen, abstract_batch(setup, config)).compile()

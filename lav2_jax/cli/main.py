@@ -20,6 +20,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("export", "lav2_jax.cli.export", "checkpoint → released adapter file (official) or a plain HF Llama dir (hf)"),
     ("compile", "lav2_jax.cli.compile", "ahead-of-time compile for a TPU topology; per-chip memory"),
     ("train", "lav2_jax.cli.train", "train adapters (joint / pretrain / finetune recipes), resumable"),
+    ("data", "lav2_jax.cli.data", "build TFDS array_record datasets from instruction, conversation or caption data"),
 )
 
 

@@ -107,15 +107,20 @@ def model_from_config(mc):
     return build_model(config, adapter, vision)
 
 
-def build(config, mesh, model=None) -> tuple[Setup, dict]:
+def build(config, mesh, model=None, abstract: bool = False) -> tuple[Setup, dict]:
     """(Setup, fresh state) for `config` on `mesh` (`model` replaces the one `config.model` describes, e.g. for
-    benchmarks with a custom adapter; its base is then random)."""
+    benchmarks with a custom adapter; its base is then random). `abstract=True` allocates nothing: parameters and
+    state are ShapeDtypeStructs carrying their shardings, for ahead-of-time compilation (`lav2_jax.aot`)."""
     mc = config.model
     model = model_from_config(mc) if model is None else model
     boxed = abstract_params(model, boxed=True)
     all_labels = pg.param_groups(boxed, config.param_recipe, model.adapter)
     shardings = logical_shardings(boxed, mesh)
-    params = load_params(model, mc, mesh, shardings)
+    if abstract:
+        params = jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                        nn.unbox(boxed), shardings)
+    else:
+        params = load_params(model, mc, mesh, shardings)
     trainable, frozen = pg.split(params, all_labels)
     labels, _ = pg.split(all_labels, all_labels)
     t_sh, f_sh = pg.split(shardings, all_labels)
@@ -129,7 +134,9 @@ def build(config, mesh, model=None) -> tuple[Setup, dict]:
     replicated = NamedSharding(mesh, P())
     opt_sh = step_lib.opt_state_shardings(jax.eval_shape(tx.init, trainable), t_sh, mesh)
     state_sh = {"step": replicated, "params": t_sh, "opt_state": opt_sh, "rng": replicated}
-    state = jax.jit(lambda p: step_lib.init_state(p, tx, int(config.seed)), out_shardings=state_sh)(trainable)
+    init = jax.jit(lambda p: step_lib.init_state(p, tx, int(config.seed)), out_shardings=state_sh)
+    state = (jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                    jax.eval_shape(init, trainable), state_sh) if abstract else init(trainable))
     fn = step_lib.make_step_fn(model, labels, tx, streams, int(config.optim.accum_steps),
                                float(config.optim.clip_norm), int(config.loss.vocab_chunk))
     train_step = step_lib.TrainStep(fn, mesh, state_sh, f_sh, LOGICAL_RULES)
