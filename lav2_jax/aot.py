@@ -133,7 +133,9 @@ def abstract_batch(setup, config) -> dict:
 
     mesh, batch = setup.mesh, {}
     for stream in setup.streams:
-        rows, length = setup.global_batch[stream.batch_key], int(config.data[stream.batch_key].max_len)
+        rows = setup.global_batch[stream.batch_key]
+        synthetic = config.data.get("source") == "synthetic"
+        length = int(config.data.seq_len if synthetic else config.data[stream.batch_key].max_len)
         shapes = {"tokens": ((rows, length), jnp.int32), "targets": ((rows, length), jnp.int32),
                   "loss_mask": ((rows, length), jnp.float32)}
         if setup.model.vision is not None and stream.batch_key != "instruction":

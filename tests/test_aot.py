@@ -40,3 +40,18 @@ def test_cli_compile_bad_input(capsys):
     assert "4 devices do not divide" in capsys.readouterr().err
     assert main(["compile", "--model", "bench-s", "--topology", "v5e:2x2", "--batch", "3", "--mesh", "1,-1,1"]) == 2
     assert "--batch 3 does not divide" in capsys.readouterr().err
+
+
+def test_compile_train_step_of_a_config(capsys):
+    """The training step a `lav2 train` config describes compiles for a TPU slice; its state is donated."""
+    config = aot.load_config("configs/tiny_joint.py")
+    mesh = aot.topology_mesh("v5e:2x2", data=2, fsdp=2, tensor=1)
+    report = aot.compile_report("v5e:2x2", mesh, aot.compile_train_step(config, mesh))
+    assert report.alias_bytes > 0  # the donated train state (params + AdamW moments) is updated in place
+    assert report.temp_bytes > 0 and report.xla_flops > 0
+    assert main(["compile", "--config", "configs/tiny_joint.py", "--topology", "v5e:2x2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["program"] == "train_step" and "joint" in out["what"] and "'train'" not in out["what"]
+    assert main(["compile", "--config", "configs/missing.py", "--topology", "v5e:2x2"]) == 2
+    assert "configs/missing.py not found" in capsys.readouterr().err
+    assert main(["compile", "--topology", "v5e:2x2"]) == 2

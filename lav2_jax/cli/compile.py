@@ -1,8 +1,11 @@
 """`lav2 compile`: ahead-of-time compile for a TPU topology and print per-chip memory (DESIGN.md §5).
 
-    lav2 compile --model llama1-7b --adapter release-bias --topology v5e:2x4 --mesh 1,-1,1 --batch 8 --seq 512
+    lav2 compile --config configs/joint_7b.py --topology v5e:2x4            # the training step of a train config
+    lav2 compile --model llama1-7b --adapter release-bias --topology v5e:2x4 --batch 8 --seq 512   # a forward pass
 
-Runs on a CPU host with libtpu installed (`pip install -e '.[tpu]'`); nothing is allocated or run.
+Runs on a CPU host with libtpu installed (`pip install -e '.[tpu]'`); nothing is allocated or run. With `--config`,
+the mesh, batch sizes, sequence lengths, recipe, optimizer and remat policy come from the training config
+(`--mesh` overrides its mesh).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model preset (lav2_jax.presets)")
+    p.add_argument("--config", default=None, help="a `lav2 train` config file: compile its training step")
+    p.add_argument("--model", default=None, help="model preset (lav2_jax.presets): compile a forward pass")
     p.add_argument("--adapter", default="none", help="adapter preset")
     p.add_argument("--vision", default="vit-l-14", help="vision preset for visual adapters")
     p.add_argument("--topology", required=True, help="TPU topology name, e.g. v5e:2x4, v4:2x2x2, v5p:2x2x4")
-    p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (one may be -1 = fill)")
+    p.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes (one may be -1 = fill); default 1,-1,1 "
+                   "or the config's mesh")
     p.add_argument("--batch", type=int, default=8, help="global batch size")
     p.add_argument("--seq", type=int, default=512, help="sequence length")
     p.add_argument("--weight-dtype", default=None, help="frozen weight dtype (default: the preset's, bfloat16)")
@@ -37,11 +42,47 @@ def _mesh_sizes(text: str) -> tuple[int, int, int]:
 
 
 def run(args) -> int:
+    from lav2_jax.cli.main import UserError
+
+    if (args.config is None) == (args.model is None):
+        raise UserError("give either --config FILE (a training step) or --model PRESET (a forward pass)")
+    out = _train_step(args) if args.config else _forward(args)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    gib = 2 ** 30
+    print(f"{out['what']} on {out['topology']} ({out['num_devices']} chips, mesh {out['mesh']})")
+    for name in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "peak_bytes"):
+        print(f"  {name.replace('_bytes', ''):<10} {out[name] / gib:10.3f} GiB per chip")
+    print(f"  xla flops  {out['xla_flops']:.3e} (scanned layer body counted once)")
+    return 0
+
+
+def _train_step(args) -> dict:
+    from lav2_jax import aot
+    from lav2_jax.cli.main import UserError
+
+    try:
+        config = aot.load_config(args.config)
+        m = config.mesh
+        data, fsdp, tensor = _mesh_sizes(args.mesh) if args.mesh else (m.data, m.fsdp, m.tensor)
+        mesh = aot.topology_mesh(args.topology, data, fsdp, tensor)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    from lav2_jax.train.step import recipe_streams
+
+    report = aot.compile_report(args.topology, mesh, aot.compile_train_step(config, mesh))
+    batches = {s.batch_key: int(config.batch[s.batch_key]) for s in recipe_streams(config.recipe)}
+    what = f"{config.model.preset} + {config.model.adapter}: train step ({config.recipe}, batch {batches})"
+    return dict(report.as_dict(), program="train_step", what=what, config=args.config)
+
+
+def _forward(args) -> dict:
     from lav2_jax import aot, presets
     from lav2_jax.cli.main import UserError
     from lav2_jax.model.factory import build_model
 
-    data, fsdp, tensor = _mesh_sizes(args.mesh)
+    data, fsdp, tensor = _mesh_sizes(args.mesh or "1,-1,1")
     try:
         config = presets.get_model(args.model)
         config = config.replace(**{k: v for k, v in (("weight_dtype", args.weight_dtype),
@@ -56,15 +97,6 @@ def run(args) -> int:
         raise UserError(f"--batch {args.batch} does not divide over data×fsdp = "
                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
     report = aot.compile_report(args.topology, mesh, aot.compile_forward(model, mesh, args.batch, args.seq))
-    out = dict(report.as_dict(), program="forward", model=args.model, adapter=args.adapter, batch=args.batch,
-               seq=args.seq)
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    gib = 2 ** 30
-    print(f"{args.model} + {args.adapter}: forward, batch {args.batch} × {args.seq} tokens on {args.topology} "
-          f"({report.num_devices} chips, mesh {report.mesh})")
-    for name in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "peak_bytes"):
-        print(f"  {name.replace('_bytes', ''):<10} {out[name] / gib:10.3f} GiB per chip")
-    print(f"  xla flops  {report.xla_flops:.3e} (scanned layer body counted once)")
-    return 0
+    what = f"{args.model} + {args.adapter}: forward, batch {args.batch} × {args.seq} tokens"
+    return dict(report.as_dict(), program="forward", what=what, model=args.model, adapter=args.adapter,
+                batch=args.batch, seq=args.seq)
