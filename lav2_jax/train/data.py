@@ -58,6 +58,7 @@ def pipeline(config, setup):
     d = config.data
     tok = load_tokenizer(d.tokenizer)
     vision = setup.model.vision
+    channel_order = d.get("channel_order", "") or _base_channel_order(config.model) or "rgb"
 
     def make(key: str) -> Pipeline:
         sc = d[key]
@@ -66,7 +67,7 @@ def pipeline(config, setup):
             raise ValueError(f"global batch {gb} of stream {key!r} does not split over {jax.process_count()} hosts")
         pc = PipelineConfig(batch_size=gb // jax.process_count(), max_len=int(sc.max_len), seed=int(d.seed),
                             image_size=vision.image_size if vision is not None else 224,
-                            channel_order=d.get("channel_order", "rgb"), worker_count=int(d.get("worker_count", 0)))
+                            channel_order=channel_order, worker_count=int(d.get("worker_count", 0)))
         return Pipeline(sc.path, tok, pc)
 
     keys = [s.batch_key for s in setup.streams]
@@ -75,6 +76,15 @@ def pipeline(config, setup):
     if len(keys) != 1:
         raise ValueError(f"no pipeline for streams {keys}")
     return Keyed(keys[0], iter(make(keys[0])))
+
+
+def _base_channel_order(mc) -> str:
+    """The base checkpoint's channel order (the released weights want BGR), when training over one."""
+    if not mc.get("base_checkpoint"):
+        return ""
+    from lav2_jax.checkpoint import read_config
+
+    return read_config(mc.base_checkpoint).channel_order
 
 
 def make_data(config, setup):
