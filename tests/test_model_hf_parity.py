@@ -30,7 +30,7 @@ def test_logits_match_hf(n_kv_heads):
                 p.add_(0.1 * torch.randn_like(p))
     tokens = random_tokens(2, 17, config.vocab_size)
     with torch.no_grad():
-        ref = hf(torch.as_tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
+        ref = hf(torch.as_tensor(np.array(tokens), dtype=torch.long)).logits.numpy()
 
     model = build_model(config, presets.get_adapter("none"))
     params = hf_llama_to_params(hf.state_dict(), config.n_layers)
