@@ -3,7 +3,7 @@
 from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax import presets
 
-__all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets", "load_pretrained"]
+__all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets", "load_pretrained", "generate"]
 __version__ = "0.1.0"
 
 
@@ -11,4 +11,7 @@ def __getattr__(name):  # lazy: `import lav2_jax` (and the CLI parser) stays fre
     if name == "load_pretrained":
         from lav2_jax.checkpoint.pretrained import load_pretrained
         return load_pretrained
+    if name == "generate":
+        from lav2_jax.inference.generation import generate
+        return generate
     raise AttributeError(f"module 'lav2_jax' has no attribute {name!r}")

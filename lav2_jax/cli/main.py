@@ -21,6 +21,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("compile", "lav2_jax.cli.compile", "ahead-of-time compile for a TPU topology; per-chip memory"),
     ("train", "lav2_jax.cli.train", "train adapters (joint / pretrain / finetune recipes), resumable"),
     ("data", "lav2_jax.cli.data", "build TFDS array_record datasets from instruction, conversation or caption data"),
+    ("generate", "lav2_jax.cli.generate", "generate text for a prompt (optionally an image), streaming; batch files"),
+    ("chat", "lav2_jax.cli.chat", "multi-turn chat with a checkpoint (optionally about an image)"),
 )
 
 

@@ -1,0 +1,63 @@
+"""`lav2 chat --ckpt C [--image PATH] [--system TEXT]`: multi-turn chat on the terminal (issue 7).
+
+Reads one human message per line from stdin (EOF, `/quit` or `/exit` ends; `/reset` forgets the history) and
+streams each reply as it is produced, prefixed "Assistant: ". The conversation uses the chat template of
+DESIGN.md §3 (`lav2_jax.inference.chat.ChatSession`): when the history no longer fits the model's context with
+room for `--max-new-tokens`, the oldest exchanges are dropped and a notice is printed on stderr. With `--image`,
+every turn sees the image (models with a vision tower only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lav2_jax.cli.generate import add_sampling_arguments
+
+    add_sampling_arguments(p)
+    p.add_argument("--system", default=None, help="system text (default: the 65B chat model's, DESIGN.md §3)")
+
+
+def run(args) -> int:
+    from lav2_jax.cli.generate import check_image_path, load_bundle, model_pixels
+    from lav2_jax.cli.main import UserError
+    from lav2_jax.inference import PromptTooLong
+    from lav2_jax.inference.chat import ChatSession
+
+    if args.image is not None:
+        check_image_path(args.image)
+    bundle = load_bundle(args)
+    pixels = model_pixels(bundle, args.image) if args.image is not None else None
+    session = ChatSession(bundle, image=pixels, system=args.system, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("Human: ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        message = line.strip()
+        if message in ("/quit", "/exit"):
+            break
+        if message == "/reset":
+            session.turns.clear()
+            print("[history cleared]", file=sys.stderr)
+            continue
+        if not message:
+            continue
+        sys.stdout.write("Assistant: ")
+        sys.stdout.flush()
+        try:
+            for piece in session.ask_stream(message):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except PromptTooLong as e:
+            sys.stdout.write("\n")
+            raise UserError(str(e)) from None
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0

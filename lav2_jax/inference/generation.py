@@ -1,0 +1,244 @@
+"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (issue 7, DESIGN §3).
+
+`bundle` is what `lav2_jax.load_pretrained` returns (anything with `.model`, `.params`, `.tokenizer`). Prompts are
+final strings (apply `lav2_jax.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.
+
+Host side (this module): encode, bucket shapes, pad, place on devices, decode the result. Traced side:
+`lav2_jax.inference.engine` (prefill + `lax.while_loop`, one jitted call per shape bucket).
+
+Buckets (few compilations): prompt length → a power of two >= 16 (capped at the context), batch → 1, 2, 4, 8, …
+(a multiple of the data-parallel size under a mesh), new-token buffer → a power of two >= 16; the exact
+`max_new_tokens` is a per-row budget (a runtime value), also capped so no row runs past the context
+(`len(prompt) + new <= max_seq_len`, the release's `total_len` rule). Padding rows start done; padded prompt
+slots are overwritten before any row can attend to them, so padding never reaches an output.
+
+Sharding: under a mesh (passed as `mesh=`, or found on the parameters when `load_pretrained(..., mesh=)` placed
+them) the parameters are put on their training shardings (`lav2_jax.sharding.logical_shardings`) and the batch is
+split over the mesh axes of the logical `act_batch` axis (data × fsdp); jit propagates the rest.
+
+Streaming (`stream`): a Python loop over one jitted decode step, one host round trip per token — chosen over a host
+callback inside the while loop because the caller can stop at any point (chat stops at the text "###"), Ctrl-C
+works between steps, and the tokens equal `generate`'s for the same seed (same prefill and step functions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lav2_jax.inference import engine
+
+
+class Generated(NamedTuple):
+    """texts[i]: decoded continuation of prompt i; token_ids[i]: its ids (prompt excluded, cut at the first EOS)."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+
+
+class PromptTooLong(ValueError):
+    """A prompt leaves no room in the model's context for even one new token."""
+
+
+class ImageNotSupported(ValueError):
+    """An image was given to a model without a vision tower."""
+
+
+@dataclasses.dataclass
+class _Batch:
+    """Host-prepared inputs of one call (numpy; B = batch bucket, n = real rows)."""
+
+    n: int
+    tokens: np.ndarray  # [B, T] int32
+    lengths: np.ndarray  # [B] int32
+    budgets: np.ndarray  # [B] int32
+    images: Optional[np.ndarray]  # [B, H, W, 3] float32
+    has_image: Optional[np.ndarray]  # [B] bool
+    new_len: int
+    cache_len: int
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """BOS + prompt, no EOS (DESIGN §3)."""
+    return [list(tokenizer.encode(p, bos=True, eos=False)) for p in prompts]
+
+
+def check_context(ids: Sequence[Sequence[int]], max_seq_len: int) -> None:
+    """Raises PromptTooLong when a prompt (BOS included) leaves no room for a new token."""
+    for i, row in enumerate(ids):
+        if len(row) >= max_seq_len:
+            raise PromptTooLong(f"prompt {i} is {len(row)} tokens long (BOS included); the model's context is "
+                                f"{max_seq_len} tokens, which leaves no room to generate")
+
+
+def _stack_images(model, images, n: int, B: int):
+    """None | array [n, H, W, 3] | list of [H, W, 3] arrays or None → (images [B, H, W, 3], has_image [B])."""
+    if images is None or (isinstance(images, (list, tuple)) and all(im is None for im in images)):
+        return None, None
+    if model.vision is None:
+        raise ImageNotSupported("an image was given, but this model has no vision tower (it is text-only)")
+    size = model.vision.image_size
+    out = np.zeros((B, size, size, 3), np.float32)
+    has = np.zeros((B,), bool)
+    rows = list(images) if isinstance(images, (list, tuple)) else list(np.asarray(images, np.float32))
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} images for {n} prompts")
+    for i, im in enumerate(rows):
+        if im is None:
+            continue
+        im = np.asarray(im, np.float32)
+        if im.shape != (size, size, 3):
+            raise ValueError(f"image {i} has shape {im.shape}; this model takes preprocessed [{size}, {size}, 3] "
+                             "images (lav2_jax.data.images.preprocess)")
+        out[i], has[i] = im, True
+    return out, has
+
+
+def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_tokens: int = 256,
+            batch_multiple: int = 1) -> _Batch:
+    """Encodes, validates and pads one call's inputs to its shape bucket."""
+    c = model.config
+    ids = encode_prompts(tokenizer, prompts)
+    check_context(ids, c.max_seq_len)
+    n = len(ids)
+    B = engine.batch_bucket(n, batch_multiple)
+    lengths = np.ones((B,), np.int32)
+    lengths[:n] = [len(r) for r in ids]
+    T = engine.bucket(int(lengths.max()), cap=c.max_seq_len)
+    tokens = np.full((B, T), tokenizer.pad_id, np.int32)
+    tokens[n:, 0] = tokenizer.bos_id
+    for i, row in enumerate(ids):
+        tokens[i, :len(row)] = row
+    budgets = np.zeros((B,), np.int32)
+    budgets[:n] = np.minimum(max_new_tokens, c.max_seq_len - lengths[:n])
+    new_len = engine.bucket(max_new_tokens, cap=c.max_seq_len)
+    cache_len = min(c.max_seq_len, T + new_len)
+    imgs, has = _stack_images(model, images, n, B)
+    return _Batch(n, tokens, lengths, budgets, imgs, has, new_len, cache_len)
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shardings(model, mesh):
+    from lav2_jax.model.factory import abstract_params
+    from lav2_jax.sharding import logical_shardings
+
+    return logical_shardings(abstract_params(model, boxed=True), mesh)
+
+
+def _batch_spec():
+    import flax.linen as nn
+    from jax.sharding import PartitionSpec
+
+    from lav2_jax.sharding import LOGICAL_RULES
+
+    return PartitionSpec(*nn.logical_to_mesh_axes(("act_batch",), LOGICAL_RULES))
+
+
+def find_mesh(params):
+    """The mesh the parameters live on (load_pretrained(..., mesh=)), or None on a single device."""
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    sharding = getattr(leaf, "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    return mesh if mesh is not None and getattr(mesh, "size", 1) > 1 else None
+
+
+def _data_size(mesh) -> int:
+    axes = _batch_spec()[0]
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return int(np.prod([mesh.shape[a] for a in axes])) if mesh is not None else 1
+
+
+def place(model, params, batch: _Batch, mesh):
+    """(params, device inputs dict): params on their training shardings and the batch split over data, or as is."""
+    arrays = {"tokens": batch.tokens, "lengths": batch.lengths, "budgets": batch.budgets,
+              "images": batch.images, "has_image": batch.has_image}
+    if mesh is None:
+        return params, {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    params = jax.device_put(params, _param_shardings(model, mesh))
+    axes = _batch_spec()[0]
+
+    def put(v):
+        return jax.device_put(v, NamedSharding(mesh, PartitionSpec(axes, *(None,) * (v.ndim - 1))))
+
+    return params, {k: None if v is None else put(v) for k, v in arrays.items()}
+
+
+def _parts(bundle):
+    return bundle.model, bundle.params, bundle.tokenizer
+
+
+def _scalars(temperature: float, top_p: float, seed: int, tokenizer) -> dict:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return {"key": jax.random.PRNGKey(seed), "temperature": jnp.float32(max(temperature, 1e-6)),
+            "top_p": jnp.float32(top_p), "eos_id": jnp.int32(tokenizer.eos_id), "pad_id": jnp.int32(tokenizer.pad_id)}
+
+
+def cut_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
+    ids = [int(t) for t in ids]
+    return ids[:ids.index(eos_id)] if eos_id in ids else ids
+
+
+def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: int = 256, temperature: float = 0.1,
+             top_p: float = 0.75, seed: int = 0, *, mesh=None) -> Generated:
+    """Generates a continuation of every prompt (DESIGN §3 decoding: greedy at temperature 0, else the top-p rule).
+
+    prompts: list of final strings (or one string); images: None, a float array [B, H, W, 3] of preprocessed
+    images, or a list with an [H, W, 3] array or None per prompt. Returns `Generated(texts, token_ids)`.
+    Raises PromptTooLong / ImageNotSupported (ValueErrors) for inputs the model cannot take.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    model, params, tok = _parts(bundle)
+    if not prompts or max_new_tokens == 0:
+        check_context(encode_prompts(tok, prompts), model.config.max_seq_len)
+        return Generated([""] * len(prompts), [[] for _ in prompts])
+    mesh = mesh if mesh is not None else find_mesh(params)
+    batch = prepare(model, tok, prompts, images, max_new_tokens, _data_size(mesh))
+    params, inputs = place(model, params, batch, mesh)
+    out, count = engine.generate_fn(model, temperature == 0, batch.cache_len, batch.new_len, params, **inputs,
+                                    **_scalars(temperature, top_p, seed, tok))
+    out, count = np.asarray(out), np.asarray(count)
+    ids = [cut_at_eos(out[i, :count[i]], tok.eos_id) for i in range(batch.n)]
+    return Generated([tok.decode(r) for r in ids], ids)
+
+
+def stream(bundle, prompt: str, image=None, max_new_tokens: int = 256, temperature: float = 0.1, top_p: float = 0.75,
+           seed: int = 0, *, mesh=None) -> Iterator[int]:
+    """Yields the generated token ids of one prompt as they are produced (EOS not yielded).
+
+    Same prefill and decode step as `generate` (the step jitted on its own, called from a Python loop), so for the
+    same seed the ids equal `generate(bundle, [prompt], [image], ...)`'s. Closing the generator stops decoding.
+    """
+    model, params, tok = _parts(bundle)
+    if max_new_tokens <= 0:
+        check_context(encode_prompts(tok, [prompt]), model.config.max_seq_len)
+        return
+    mesh = mesh if mesh is not None else find_mesh(params)
+    batch = prepare(model, tok, [prompt], None if image is None else [image], max_new_tokens, _data_size(mesh))
+    params, inputs = place(model, params, batch, mesh)
+    sc = _scalars(temperature, top_p, seed, tok)
+    greedy = temperature == 0
+    state = engine.prefill_fn(model, greedy, batch.cache_len, batch.new_len, params, **inputs, **sc)
+    step_args = {k: inputs[k] for k in ("lengths", "budgets")}
+    produced = 0
+    while True:
+        count = int(state["count"][0])
+        if count > produced:
+            produced = count
+            token = int(state["tok"][0])
+            if token == tok.eos_id:
+                return
+            yield token
+        if bool(state["done"][0]) or int(state["step"]) >= batch.new_len:
+            return
+        state = engine.step_fn(model, greedy, params, state, **step_args, **sc)

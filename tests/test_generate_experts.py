@@ -1,0 +1,97 @@
+"""Expert models (paper §4.4): the prompt composition, the expert registry, caption and OCR experts (faked I/O)."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generate_helpers import tiny_bundle
+from lav2_jax import templates
+from lav2_jax.inference import experts
+from lav2_jax.inference.experts import (CaptionExpert, ExpertUnavailable, OcrExpert, expert_prompt, get_expert,
+                                        register_expert)
+
+
+class FakeExpert:
+    name = "fake"
+
+    def __init__(self, text: str):
+        self.text, self.seen = text, []
+
+    def __call__(self, image):
+        self.seen.append(image)
+        return self.text
+
+
+def test_expert_text_fills_the_alpaca_input_field():
+    fake = FakeExpert("  a red ball on the grass \n")
+    prompt = expert_prompt("What is in the picture?", "photo.png", fake)
+    assert fake.seen == ["photo.png"]
+    assert prompt == templates.alpaca("What is in the picture?", input="a red ball on the grass")
+    assert prompt == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\nWhat is in the picture?"
+        "\n\n### Input:\na red ball on the grass\n\n### Response:")
+    # An expert that finds nothing gives the no-input template.
+    assert expert_prompt("Describe.", "x.png", FakeExpert(" \n")) == templates.alpaca("Describe.")
+
+
+def test_registry():
+    register_expert("fake", lambda bundle, **kw: FakeExpert("t"))
+    try:
+        assert get_expert("fake").name == "fake"
+    finally:
+        experts.EXPERTS.pop("fake")
+    with pytest.raises(ValueError, match="unknown expert 'nope'"):
+        get_expert("nope")
+
+
+def test_caption_expert_uses_the_caption_prompt(tmp_path, monkeypatch):
+    path = tmp_path / "img.png"
+    Image.fromarray(np.full((40, 30, 3), 200, np.uint8)).save(path)
+    calls = []
+
+    def fake_generate(bundle, prompts, images=None, **kw):
+        calls.append((prompts, images, kw))
+        return types.SimpleNamespace(texts=[" a grey square "])
+
+    monkeypatch.setattr("lav2_jax.inference.generation.generate", fake_generate)
+    bundle = tiny_bundle("release-bias", vision=True)
+    text = CaptionExpert(bundle)(str(path))
+    assert text == "a grey square"
+    (prompts, images, kw), = calls
+    assert prompts == [templates.caption_prompt()] and kw["temperature"] == 0.0
+    assert len(images) == 1 and images[0].shape == (32, 32, 3) and images[0].dtype == np.float32
+    with pytest.raises(ExpertUnavailable, match="text-only"):
+        CaptionExpert(tiny_bundle("release-lora-bias"))
+
+
+def test_ocr_expert_missing_dependencies_are_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pytesseract", None)  # import fails
+    with pytest.raises(ExpertUnavailable, match="pip install pytesseract.*tesseract-ocr"):
+        OcrExpert()
+
+    class NotFound(OSError):
+        pass
+
+    def missing_binary():
+        raise NotFound("tesseract is not installed")
+
+    fake = types.SimpleNamespace(TesseractNotFoundError=NotFound, get_tesseract_version=missing_binary)
+    monkeypatch.setitem(sys.modules, "pytesseract", fake)
+    with pytest.raises(ExpertUnavailable, match="binary was not found.*apt-get install tesseract-ocr"):
+        OcrExpert()
+
+
+def test_ocr_expert_text(monkeypatch, tmp_path):
+    seen = []
+    fake = types.SimpleNamespace(
+        TesseractNotFoundError=OSError, get_tesseract_version=lambda: "5.3",
+        image_to_string=lambda img, lang: seen.append((img.size, lang)) or " STOP\n\n  slow \x0c")
+    monkeypatch.setitem(sys.modules, "pytesseract", fake)
+    path = tmp_path / "sign.png"
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(path)
+    assert OcrExpert()(str(path)) == "STOP slow"
+    assert seen == [((50, 20), "eng")]
