@@ -25,21 +25,27 @@ from lav2_jax.model.prompt_attention import gate_weight, gated_prompt_attention,
 from lav2_jax.model.rope import apply_rope, rope_angles
 
 
-def _write(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
-    """cache [B, S, ...] ← update [B, T, ...] at per-row slot start [B]."""
-    return jax.vmap(lambda c, u, s: jax.lax.dynamic_update_slice_in_dim(c, u, s, axis=0))(
-        cache, update.astype(cache.dtype), start)
+def _write(cache: jax.Array, layer: jax.Array, update: jax.Array, positions: jax.Array) -> jax.Array:
+    """cache [L, B, S, K, H] ← update [B, T, K, H] at layer `layer`, slots `positions` [B, T] (a scatter on the
+    whole stacked cache, which XLA performs in place inside the decode loop: nothing else is copied)."""
+    rows = jnp.arange(update.shape[0])[:, None]
+    return cache.at[layer, rows, positions].set(update.astype(cache.dtype))
 
 
 class Attention(nn.Module):
-    """x [B, T, D], positions [B, T] → ([B, T, D], updated layer cache or None)."""
+    """x [B, T, D], positions [B, T] → ([B, T, D], updated cache or None).
+
+    `cache` is the whole stacked cache (`kv_cache.init_cache(...)["layers"]`, every leaf [L, ...]) and `layer` this
+    layer's index in it; keys and values are written at [layer, row, position] and this layer's slices read back.
+    """
 
     config: ModelConfig
     adapter: AdapterConfig
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, prompts: dict, cache: Optional[dict] = None):
+    def __call__(self, x: jax.Array, positions: jax.Array, prompts: dict, cache: Optional[dict] = None,
+                 layer: Optional[jax.Array] = None):
         c, a = self.config, self.adapter
         B, T, _ = x.shape
         N, K, H = c.n_heads, c.kv_heads, c.head_dim
@@ -59,9 +65,9 @@ class Attention(nn.Module):
         new_cache = None
         if cache is not None:
             new_cache = dict(cache)
-            new_cache["k"] = _write(cache["k"], k, positions[:, 0])
-            new_cache["v"] = _write(cache["v"], v, positions[:, 0])
-            k_all, v_all = new_cache["k"], new_cache["v"]
+            new_cache["k"] = _write(cache["k"], layer, k, positions)
+            new_cache["v"] = _write(cache["v"], layer, v, positions)
+            k_all, v_all = new_cache["k"][layer], new_cache["v"][layer]  # [B, S, K, H]
             k_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (B, k_all.shape[1]))
         else:
             k_all, v_all, k_pos = k, v, positions
@@ -77,11 +83,11 @@ class Attention(nn.Module):
             new_gate = trainable_param(self, "new_gate", nn.initializers.ones, (1,), (None,))
         if a.has_prompts:
             gate = trainable_param(self, "gate", nn.initializers.zeros, (N,), (None,))
-            pk, pv = self._prompt_kv("adapter", prompts, cache, new_cache, wk, wv)
+            pk, pv = self._prompt_kv("adapter", prompts, cache, new_cache, layer, wk, wv)
             w = gate_weight(gate, new_gate, prompts["adapter_on"])
             out = out + self._sown("adapter_prompt_out", gated_prompt_attention(q, pk, pv, w))
         if a.visual_fusion == "early" and "visual_on" in prompts:
-            pk, pv = self._prompt_kv("visual", prompts, cache, new_cache, wk, wv)
+            pk, pv = self._prompt_kv("visual", prompts, cache, new_cache, layer, wk, wv)
             w = gate_weight(prompts["visual_gate"], None, prompts["visual_on"])
             out = out + self._sown("visual_prompt_out", gated_prompt_attention(q, pk, pv, w))
 
@@ -94,14 +100,14 @@ class Attention(nn.Module):
         self.sow("intermediates", name, contribution)
         return contribution
 
-    def _prompt_kv(self, source: str, prompts: dict, cache, new_cache, wk, wv):
+    def _prompt_kv(self, source: str, prompts: dict, cache, new_cache, layer, wk, wv):
         """The source's prompt keys/values: read from the cache when decoding, else computed (and cached)."""
         c = self.config
         if self.decode:
-            return cache[f"{source}_k"], cache[f"{source}_v"]
+            return cache[f"{source}_k"][layer], cache[f"{source}_v"][layer]
         pk, pv = prompt_kv(wk, wv, prompts[source], c.kv_heads, c.head_dim)
         if new_cache is not None:
-            shape = new_cache[f"{source}_k"].shape
-            new_cache[f"{source}_k"] = jnp.broadcast_to(pk, shape).astype(new_cache[f"{source}_k"].dtype)
-            new_cache[f"{source}_v"] = jnp.broadcast_to(pv, shape).astype(new_cache[f"{source}_v"].dtype)
+            for name, value in ((f"{source}_k", pk), (f"{source}_v", pv)):
+                stacked = new_cache[name]
+                new_cache[name] = stacked.at[layer].set(jnp.broadcast_to(value, stacked.shape[1:]).astype(stacked.dtype))
         return pk, pv

@@ -1,8 +1,9 @@
 """One pre-norm decoder layer (DESIGN.md §1.1): `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
 
-Written for `nn.scan`: `__call__(x, layer_in, shared)` where `layer_in` holds this layer's slice of the stacked
-per-layer inputs (prompt tokens, flags, gates, KV cache) and `shared` the inputs every layer sees (positions,
-visual tokens). Returns `(x, updated layer cache or None)`.
+Written for `nn.scan`: `__call__((x, cache), layer_in, shared)` where `layer_in` holds this layer's slice of the
+stacked per-layer inputs (its index, prompt tokens, flags, gates) and `shared` the inputs every layer sees
+(positions, visual tokens). The KV cache travels in the carry, whole: each layer updates its own slots in place,
+so a decode step never copies the cache. Returns `((x, cache), None)`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ ACT = ("act_batch", "act_length", "act_embed")
 class DecoderBlock(nn.Module):
     """x [B, T, D] → [B, T, D].
 
-    layer_in: adapter_prompt [P, D] (raw adapter prompt of this layer, zeros where it has none), adapter_on scalar,
-      visual_gate [N], visual_on scalar (layer < K), cache (this layer's KV cache dict) — each optional.
+    layer_in: index (this layer's int32 index), adapter_prompt [P, D] (raw adapter prompt of this layer, zeros where
+      it has none), adapter_on scalar, visual_gate [N], visual_on scalar (layer < K) — each but index optional.
     shared: positions [B, T]; visual [B, Pv, D] visual tokens and has_image [B] when present.
     """
 
@@ -32,8 +33,9 @@ class DecoderBlock(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, layer_in: dict, shared: dict):
+    def __call__(self, carry: tuple, layer_in: dict, shared: dict):
         c, a = self.config, self.adapter
+        x, cache = carry
         norm = lambda name: RMSNorm(c.norm_eps, a.norm_tuning, c.weight_dtype, c.dtype, name=name)  # noqa: E731
         prompts = {}
         if a.has_prompts:
@@ -51,7 +53,7 @@ class DecoderBlock(nn.Module):
 
         x = constrain(x, ACT)
         attn, new_cache = Attention(c, a, self.decode, name="attention")(
-            norm("attention_norm")(x), shared["positions"], prompts, layer_in.get("cache"))
+            norm("attention_norm")(x), shared["positions"], prompts, cache, layer_in["index"])
         h = x + attn
         out = h + FeedForward(c, a, name="feed_forward")(norm("ffn_norm")(h))
-        return tag(constrain(out, ACT), "block_out"), new_cache
+        return (tag(constrain(out, ACT), "block_out"), new_cache), None

@@ -88,7 +88,7 @@ class Transformer(nn.Module):
         x = Embedding(c.vocab_size, c.dim, c.weight_dtype, c.dtype, name="tok_embeddings")(tokens)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         layer_idx = np.arange(n)
-        layer_in: dict = {}
+        layer_in: dict = {"index": jnp.arange(n, dtype=jnp.int32)}
         shared: dict = {"positions": positions}
 
         if a.has_prompts:
@@ -121,12 +121,12 @@ class Transformer(nn.Module):
                 layer_in["visual_on"] = jnp.asarray(layer_idx < a.early_layers, jnp.float32)
 
         if cache is not None:
-            layer_in["cache"] = cache["layers"]
             if "visual_on" in shared and "visual_k" not in cache["layers"]:
                 raise ValueError("Transformer: early-fusion images need a cache made with init_cache(with_visual=True)")
 
         blocks = scan_layers(maybe_remat(DecoderBlock, c.remat_policy), n, in_axes=(0, nn.broadcast))
-        x, layer_cache = blocks(c, a, decode, name="layers")(x, layer_in, shared)
+        (x, layer_cache), _ = blocks(c, a, decode, name="layers")(
+            (x, None if cache is None else cache["layers"]), layer_in, shared)
         x = RMSNorm(c.norm_eps, a.norm_tuning, c.weight_dtype, c.dtype, name="norm")(x)
 
         out = x if return_hidden else AdaptedDense(
