@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from absl.testing import absltest
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from ckpt_writers import hf_clip
 
 from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.presets import get_vision
@@ -19,18 +19,9 @@ TINY = get_vision("tiny")
 BATCH = 2
 
 
-def _hf_model(seed: int = 0) -> CLIPVisionModel:
-    """A random HF tower sized like the `tiny` preset; every weight perturbed so norms and biases are non-trivial."""
-    cfg = CLIPVisionConfig(hidden_size=TINY.width, intermediate_size=int(TINY.width * TINY.mlp_ratio),
-                           num_hidden_layers=TINY.layers, num_attention_heads=TINY.heads, image_size=TINY.image_size,
-                           patch_size=TINY.patch_size, hidden_act="quick_gelu", layer_norm_eps=TINY.layer_norm_eps,
-                           attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = CLIPVisionModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+def _hf_model(seed: int = 0):
+    """A random HF vision transformer sized like the `tiny` preset; every weight perturbed (norms, biases too)."""
+    return hf_clip(TINY, seed).vision_model
 
 
 def hf_to_params(state_dict: dict, proj: np.ndarray) -> dict:
