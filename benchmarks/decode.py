@@ -6,7 +6,8 @@ Per model preset (DESIGN §7 names), in float32:
   1. prep: random base weights (adapter `none`, seed 0) → `save_pretrained` → `lav2 export hf` (the conversion
      path, `lav2_jax.checkpoint.export.hf.export_hf`) → a Hugging Face Llama directory with the same weights.
   2. ours: `load_pretrained(ckpt)`, then per batch size the jitted engine functions that `generate` calls:
-     prefill (`engine.prefill_fn`) and the whole generation (`engine.generate_fn`: prefill + lax.while_loop).
+     prefill (`engine.prefill_fn`) and the whole generation (`engine.generate_fn`: prefill + lax.while_loop), on
+     the layout `generate` decodes with (`generation.decode_view`: unstacked layers on a single CPU device).
   3. hf: `LlamaForCausalLM.from_pretrained(dir)`: prefill = one forward with `use_cache=True`; generation =
      `model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)` (its KV cache, its greedy loop).
   4. (`--adapter`) ours again with the §7 adapter (bias on wq wo w1 w2 w3, norms, 10 prompt tokens in the last
@@ -110,6 +111,9 @@ def worker_ours(a) -> dict:
 
         bundle = load_pretrained(os.path.join(a.work, "ckpt"))
         model, params = bundle.model, bundle.params
+    from lav2_jax.inference.generation import decode_view
+
+    model, params = decode_view(None, model, params, None)  # the layout generate() decodes with (CPU: unstacked)
     c = model.config
     new_len, cache_len = NEW_TOKENS, PROMPT_LEN + NEW_TOKENS
     scalars = dict(key=jax.random.PRNGKey(0), temperature=jnp.float32(1), top_p=jnp.float32(1),

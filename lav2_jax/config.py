@@ -23,6 +23,10 @@ class ModelConfig:
 
     `ffn_hidden_dim` overrides the LLaMA rule `multiple_of * ceil(int(mult * int(8 * dim / 3)) / multiple_of)` when set.
     `weight_dtype` is the storage dtype of frozen weights, `dtype` the compute dtype of activations.
+    `scan_layers`: run the layers as one `nn.scan` over parameters stacked as `layers/...` [L, ...] (training, TPU,
+    AOT: compile time independent of depth), or as a Python loop over `layers_0 … layers_{L-1}` (single-device CPU
+    decoding, where matmuls on per-layer slices of stacked weights run at half the memory bandwidth; see
+    `lav2_jax.model.factory.unstack_layers`).
     """
 
     dim: int = 4096
@@ -39,6 +43,7 @@ class ModelConfig:
     weight_dtype: str = "bfloat16"
     dtype: str = "bfloat16"
     remat_policy: str = "none"
+    scan_layers: bool = True
 
     def __post_init__(self):
         if self.dim % self.n_heads:

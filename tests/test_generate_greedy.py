@@ -44,3 +44,18 @@ def test_stream_yields_the_same_tokens_as_generate():
         kw = dict(max_new_tokens=MAX_NEW, temperature=temperature, top_p=top_p, seed=seed)
         batch = generate(bundle, [PROMPTS[1]], **kw)
         assert list(stream(bundle, PROMPTS[1], **kw)) == batch.token_ids[0]
+
+
+def test_single_cpu_device_decodes_over_unstacked_layers():
+    """On one CPU device generate() decodes with the unscanned model over unstacked weights (made once per bundle);
+    under a mesh it keeps the scanned layout."""
+    from lav2_jax.inference.generation import decode_view
+    from lav2_jax.sharding import make_mesh
+
+    bundle = tiny_bundle("release-bias")
+    generate(bundle, PROMPTS[:1], max_new_tokens=2, temperature=0)
+    _, model, params = bundle._cpu_decode_view
+    assert not model.config.scan_layers and "layers_0" in params and "layers" not in params
+    assert decode_view(bundle, bundle.model, bundle.params, None)[1] is params  # cached, not rebuilt
+    mesh = make_mesh(1, 1, 1, devices=[bundle.params["norm"]["scale"].devices().pop()])
+    assert decode_view(bundle, bundle.model, bundle.params, mesh)[0] is bundle.model

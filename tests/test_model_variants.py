@@ -99,3 +99,26 @@ def test_program_size_independent_of_depth():
         return len(jaxpr.jaxpr.eqns)
 
     assert n_eqns(2) == n_eqns(16)
+
+
+def test_unscanned_layers_equal_scanned():
+    """`scan_layers=False` over `unstack_layers(params)` is the same function (forward, prefill and decode)."""
+    from lav2_jax.model.factory import unscanned, unstack_layers
+    from lav2_jax.model.kv_cache import init_cache
+
+    model = build_model(TINY, presets.tiny_adapter("paper"))
+    params = perturb_adapters(init_params(model, jax.random.PRNGKey(0)), scale=0.3)
+    flat_model, flat_params = unscanned(model), unstack_layers(params, TINY.n_layers)
+    assert "layers" not in flat_params and f"layers_{TINY.n_layers - 1}" in flat_params
+    tokens = random_tokens(2, 7, TINY.vocab_size)
+    kw = visual_kwargs(model, 2)
+    np.testing.assert_allclose(flat_model.apply({"params": flat_params}, tokens, **kw),
+                               model.apply({"params": params}, tokens, **kw), atol=1e-6, rtol=0)
+    pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
+    outs = []
+    for m, p in ((model, params), (flat_model, flat_params)):
+        cache = init_cache(TINY, model.adapter, 2, 16, with_visual=True)
+        _, cache = m.apply({"params": p}, tokens, positions=pos, cache=cache, **kw)
+        outs.append(m.apply({"params": p}, tokens[:, :1], positions=jnp.full((2, 1), 7), cache=cache,
+                            decode=True)[0])
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-6, rtol=0)

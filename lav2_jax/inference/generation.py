@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 import jax
@@ -174,6 +175,40 @@ def _parts(bundle):
     return bundle.model, bundle.params, bundle.tokenizer
 
 
+def _param_bytes(params) -> int:
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
+
+
+def decode_view(bundle, model, params, mesh):
+    """The model and parameters decoding runs on.
+
+    Single-device CPU runs decode over the layers *unstacked* (`ModelConfig.scan_layers=False`): XLA:CPU runs a
+    matmul whose weight is a per-layer slice of the stacked `[L, ...]` array at about half the memory bandwidth, and
+    batch-1 decoding is bandwidth-bound (`benchmarks/scan_matvec.py`). The unstacked copy is made once per bundle,
+    and only while a second copy of the weights takes under a quarter of physical memory; otherwise, on
+    accelerators and under a mesh the scanned layout is used as loaded.
+    """
+    if mesh is not None or jax.default_backend() != "cpu" or not model.config.scan_layers:
+        return model, params
+    cached = getattr(bundle, "_cpu_decode_view", None)
+    if cached is not None and cached[0] is params:
+        return cached[1], cached[2]
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    if _param_bytes(params) * 4 > ram:
+        return model, params
+    from lav2_jax.model.factory import unscanned, unstack_layers
+
+    view = (params, unscanned(model), unstack_layers(params, model.config.n_layers))
+    try:
+        object.__setattr__(bundle, "_cpu_decode_view", view)
+    except (AttributeError, TypeError):  # a bundle that cannot hold it: recomputed per call
+        pass
+    return view[1], view[2]
+
+
 def _scalars(temperature: float, top_p: float, seed: int, tokenizer) -> dict:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -203,6 +238,7 @@ def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: 
         check_context(encode_prompts(tok, prompts), model.config.max_seq_len)
         return Generated([""] * len(prompts), [[] for _ in prompts])
     mesh = mesh if mesh is not None else find_mesh(params)
+    model, params = decode_view(bundle, model, params, mesh)
     batch = prepare(model, tok, prompts, images, max_new_tokens, _data_size(mesh))
     params, inputs = place(model, params, batch, mesh)
     out, count = engine.generate_fn(model, temperature == 0, batch.cache_len, batch.new_len, params, **inputs,
@@ -224,6 +260,7 @@ def stream(bundle, prompt: str, image=None, max_new_tokens: int = 256, temperatu
         check_context(encode_prompts(tok, [prompt]), model.config.max_seq_len)
         return
     mesh = mesh if mesh is not None else find_mesh(params)
+    model, params = decode_view(bundle, model, params, mesh)
     batch = prepare(model, tok, [prompt], None if image is None else [image], max_new_tokens, _data_size(mesh))
     params, inputs = place(model, params, batch, mesh)
     sc = _scalars(temperature, top_p, seed, tok)

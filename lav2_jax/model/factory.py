@@ -56,3 +56,16 @@ def abstract_params(model: Transformer, boxed: bool = False) -> dict:
 
     params = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32), inputs.pop("tokens"), **inputs)
     return params if boxed else nn.unbox(params)
+
+
+def unstack_layers(params: dict, n_layers: int) -> dict:
+    """Stacked `layers/...` [L, ...] → `layers_0 … layers_{L-1}` (the tree of a `scan_layers=False` model)."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(n_layers):
+        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], params["layers"])
+    return out
+
+
+def unscanned(model: Transformer) -> Transformer:
+    """The same model with its layers as a Python loop (`ModelConfig.scan_layers=False`)."""
+    return Transformer(model.config.replace(scan_layers=False), model.adapter, model.vision)

@@ -16,7 +16,8 @@ stored transposed as [in, out] kernels):
   clip/...                            frozen CLIP ViT (lav2_jax.model.clip), with a VisionConfig
   connector/...                       trainable visual connector (lav2_jax.model.connector)
 
-Layers with and without prompts share one scanned structure: the adapter prompts are zero-padded to all layers and
+With `ModelConfig.scan_layers=False` the layer parameters are `layers_0 … layers_{L-1}` instead (the same per-layer
+trees, unstacked; `factory.unstack_layers` converts). Layers with and without prompts share one scanned structure: the adapter prompts are zero-padded to all layers and
 a per-layer 0/1 flag multiplies the gated prompt output (layer i has prompts iff i >= n_layers - Lp; visual prompts
 iff i < K in early fusion). The prompt path of an unprompted layer costs ~P/T of its attention and contributes
 exactly zero.
@@ -124,9 +125,16 @@ class Transformer(nn.Module):
             if "visual_on" in shared and "visual_k" not in cache["layers"]:
                 raise ValueError("Transformer: early-fusion images need a cache made with init_cache(with_visual=True)")
 
-        blocks = scan_layers(maybe_remat(DecoderBlock, c.remat_policy), n, in_axes=(0, nn.broadcast))
-        (x, layer_cache), _ = blocks(c, a, decode, name="layers")(
-            (x, None if cache is None else cache["layers"]), layer_in, shared)
+        carry = (x, None if cache is None else cache["layers"])
+        if c.scan_layers:
+            blocks = scan_layers(maybe_remat(DecoderBlock, c.remat_policy), n, in_axes=(0, nn.broadcast))
+            carry, _ = blocks(c, a, decode, name="layers")(carry, layer_in, shared)
+        else:  # one module per layer, `layers_{i}`: the same blocks unrolled over unstacked weights
+            block = maybe_remat(DecoderBlock, c.remat_policy)
+            for i in range(n):
+                layer_i = jax.tree_util.tree_map(lambda v: v[i], layer_in)
+                carry, _ = block(c, a, decode, name=f"layers_{i}")(carry, layer_i, shared)
+        x, layer_cache = carry
         x = RMSNorm(c.norm_eps, a.norm_tuning, c.weight_dtype, c.dtype, name="norm")(x)
 
         out = x if return_hidden else AdaptedDense(
