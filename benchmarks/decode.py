@@ -7,7 +7,9 @@ Per model preset (DESIGN §7 names), in float32:
      path, `lav2_jax.checkpoint.export.hf.export_hf`) → a Hugging Face Llama directory with the same weights.
   2. ours: `load_pretrained(ckpt)`, then per batch size the jitted engine functions that `generate` calls:
      prefill (`engine.prefill_fn`) and the whole generation (`engine.generate_fn`: prefill + lax.while_loop), on
-     the layout `generate` decodes with (`generation.decode_view`: unstacked layers on a single CPU device).
+     the layout `generate` decodes with on a single CPU device (unstacked layers, loaded as `lav2 generate` loads
+     them: `load_pretrained(..., layout="unstacked")`; the `--adapter` model, built in memory, goes through
+     `generation.decode_view`).
   3. hf: `LlamaForCausalLM.from_pretrained(dir)`: prefill = one forward with `use_cache=True`; generation =
      `model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)` (its KV cache, its greedy loop).
   4. (`--adapter`) ours again with the §7 adapter (bias on wq wo w1 w2 w3, norms, 10 prompt tokens in the last
@@ -109,7 +111,8 @@ def worker_ours(a) -> dict:
     else:
         from lav2_jax.checkpoint import load_pretrained
 
-        bundle = load_pretrained(os.path.join(a.work, "ckpt"))
+        # As `lav2 generate` loads on one CPU device: unstacked straight from the checkpoint (one copy of the weights)
+        bundle = load_pretrained(os.path.join(a.work, "ckpt"), layout="unstacked")
         model, params = bundle.model, bundle.params
     from lav2_jax.inference.generation import decode_view
 

@@ -6,6 +6,7 @@ the base/adapter item split follows recipe `all-adapters`, `dtype="float32"` upc
 devices, in a subprocess), and writes are atomic (no target dir after a failure; no silent overwrite).
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -65,6 +66,21 @@ def test_round_trip_exact_and_items_split(tmp_path):
     assert ("layers", "attention", "wq", "lora_b") in adapter and ("adapter_query",) in adapter
     assert ("connector", "visual_query") in adapter and ("norm", "scale") in adapter
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary dirs left
+
+
+def test_restore_in_runs_of_bounded_size_is_exact(tmp_path, monkeypatch):
+    """Restores go in runs of at most CHUNK_BYTES (host-memory bound); many small runs give the same tree."""
+    model = _model(weight_dtype="bfloat16")
+    params = _params(model)
+    out = save_pretrained(tmp_path / "ckpt", model, params)
+    calls = []
+    real_restore = items_mod.ocp.PyTreeCheckpointer.restore
+    monkeypatch.setattr(items_mod.ocp.PyTreeCheckpointer, "restore",
+                        lambda self, *a, **kw: calls.append(1) or real_restore(self, *a, **kw))
+    monkeypatch.setattr(items_mod, "CHUNK_BYTES", 4096)
+    assert_trees_equal(lav2_jax.load_pretrained(out).params, params)
+    n_leaves = len(jax.tree_util.tree_leaves(params))
+    assert 2 < len(calls) < n_leaves  # split, but small leaves still share a run
 
 
 def test_float32_load(tmp_path):
@@ -157,3 +173,41 @@ def test_restore_onto_mesh(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_unstacked_layout_loads_each_layer_once_with_the_same_logits(tmp_path):
+    """`layout="unstacked"` (what `lav2 generate` uses on one CPU device): the unscanned model over per-layer leaves
+    equal to slices of the stacked ones, identical logits and greedy ids, and the stacked arrays freed on the way."""
+    from generate_helpers import CharTokenizer
+    from lav2_jax.inference import generate
+    from lav2_jax.model.factory import unstack_layers
+    from lav2_jax.sharding import make_mesh
+
+    model = _model()
+    params = _params(model)
+    tok = write_sentencepiece(str(tmp_path / "tok" / "tokenizer.model"))
+    out = save_pretrained(tmp_path / "ckpt", model, params, tokenizer=tok)
+    scanned = lav2_jax.load_pretrained(out)
+    flat_bundle = lav2_jax.load_pretrained(out, layout="unstacked")
+    n = model.config.n_layers
+    assert not flat_bundle.model.config.scan_layers and not flat_bundle.config.model.scan_layers
+    assert "layers" not in flat_bundle.params and sorted(k for k in flat_bundle.params if k.startswith("layers_")) \
+        == [f"layers_{i}" for i in range(n)]
+    assert_trees_equal(flat_bundle.params, unstack_layers(params, n))
+    np.testing.assert_allclose(_logits(flat_bundle.model, flat_bundle.params), _logits(model, params),
+                               atol=1e-5, rtol=0)
+    kw = dict(max_new_tokens=5, temperature=0)
+    ids = [generate(dataclasses.replace(b, tokenizer=CharTokenizer()), ["a b", "c"], **kw).token_ids
+           for b in (flat_bundle, scanned)]  # the tiny model's 256 ids: a character tokenizer decodes them all
+    assert ids[0] == ids[1] and any(ids[0])
+
+    stacked = jax.tree_util.tree_map(jnp.array, params)
+    unstack_layers(stacked, n, consume=True)
+    assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(stacked["layers"]))
+    assert not any(x.is_deleted() for k, v in stacked.items() if k != "layers" for x in jax.tree_util.tree_leaves(v))
+
+    with pytest.raises(ValueError, match="layout"):
+        lav2_jax.load_pretrained(out, layout="rows")
+    mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="single-device"):
+        lav2_jax.load_pretrained(out, mesh=mesh, layout="unstacked")

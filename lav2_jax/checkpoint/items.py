@@ -3,7 +3,9 @@
 Trees are nested dicts keyed by the model's parameter names; `flat` dicts map `('layers', 'attention', 'wq',
 'kernel')`-style tuples to arrays. Restores use `PyTreeRestore(partial_restore=True)` with `ArrayRestoreArgs` that
 carry each leaf's target `sharding` and `dtype`, so every array is read (and cast) directly into its shards on the
-devices; nothing is assembled on the host first.
+devices; nothing is assembled on the host first. Leaves are restored in runs of at most `CHUNK_BYTES`: one orbax
+restore of a whole 1.1 B float32 model peaked at 1.75× its weights in host RSS, runs of 1 GiB at 1.40× (the rest is
+about 1.4 × the largest leaf, which a run cannot split).
 """
 
 from __future__ import annotations
@@ -49,11 +51,31 @@ def restore_item(path: str, targets: Mapping[tuple, jax.ShapeDtypeStruct]) -> di
         if tuple(saved[key][0]) != tuple(t.shape):
             raise ValueError(f"{path}: parameter {path_str(key)} has shape {saved[key][0]}, the model expects "
                              f"{tuple(t.shape)}")
-    item = traverse_util.unflatten_dict(dict(targets))
-    restore_args = traverse_util.unflatten_dict({
-        k: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype, global_shape=tuple(t.shape))
-        for k, t in targets.items()})
+    out: dict = {}
     with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.abspath(path), args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
-    return traverse_util.flatten_dict(restored)
+        for chunk in _chunks(targets):
+            item = traverse_util.unflatten_dict(dict(chunk))
+            restore_args = traverse_util.unflatten_dict({
+                k: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype, global_shape=tuple(t.shape))
+                for k, t in chunk.items()})
+            restored = ckptr.restore(os.path.abspath(path), args=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True))
+            out.update(traverse_util.flatten_dict(restored))
+    return out
+
+
+CHUNK_BYTES = 1 << 30  # host memory a restore may hold in flight: peak ≈ weights + ~1.4 × max(chunk, largest leaf)
+
+
+def _chunks(targets: Mapping[tuple, jax.ShapeDtypeStruct]):
+    """`targets` split into runs of at most CHUNK_BYTES (or one leaf, when larger)."""
+    chunk, size = {}, 0
+    for k, t in targets.items():
+        nbytes = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
+        if chunk and size + nbytes > CHUNK_BYTES:
+            yield chunk
+            chunk, size = {}, 0
+        chunk[k] = t
+        size += nbytes
+    if chunk:
+        yield chunk

@@ -4,10 +4,14 @@
       base item (frozen leaves) + adapter item (leaves recipe `all-adapters` trains) + config.json + tokenizer/.
   save_adapter(out_dir, model, params_or_adapter_params, base=BASE_DIR)
       adapter item only; config.json records `base`, so `load_pretrained(out_dir)` finds the frozen weights.
-  load_pretrained(path, mesh=None, dtype=None, adapter=None) -> Bundle(model, params, tokenizer, config)
+  load_pretrained(path, mesh=None, dtype=None, adapter=None, layout="scanned") -> Bundle(model, params, tokenizer,
+                  config)
       every leaf restored straight onto its NamedSharding (`lav2_jax.sharding.logical_shardings`) when a mesh is
       given, else onto the first device. `dtype="float32"` stores and computes everything in float32.
       `adapter=DIR` overlays an adapter item saved separately (its adapter/vision config wins).
+      `layout="unstacked"` (no mesh) returns the decoder with its layers as a Python loop (`scan_layers=False`,
+      params `layers_0 … layers_{L-1}`), the layout CPU decoding is fastest in (`inference.generation.decode_view`),
+      without ever holding the weights twice: for inference on one host (`lav2 generate`/`chat`), not training.
   load_adapter(path, mesh=None) -> the adapter leaves alone (nested dict).
 """
 
@@ -27,7 +31,7 @@ from lav2_jax.checkpoint.atomic import atomic_directory
 from lav2_jax.checkpoint.items import item_shapes, restore_item, save_item
 from lav2_jax.checkpoint.layout import (ADAPTER_ITEM, ADAPTER_RECIPE, BASE_ITEM, TOKENIZER_DIR, CheckpointConfig,
                                         check_same_base, read_config, write_config)
-from lav2_jax.model.factory import abstract_params, build_model
+from lav2_jax.model.factory import abstract_params, build_model, unscanned, unstack_layers
 
 
 @dataclasses.dataclass
@@ -200,10 +204,17 @@ def restore_params_from(targets: dict, dirs: list[str], allow_missing: bool = Fa
     return traverse_util.unflatten_dict(flat), missing
 
 
-def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None) -> Bundle:
+LAYOUTS = ("scanned", "unstacked")
+
+
+def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None, layout: str = "scanned") -> Bundle:
     """Loads a checkpoint written by `save_pretrained` / `save_adapter` / `lav2 convert` (see module docstring)."""
     from lav2_jax.data.tokenizer import load_tokenizer
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+    if layout == "unstacked" and mesh is not None:
+        raise ValueError("layout='unstacked' is for single-device inference; load with a mesh in the scanned layout")
     path = os.path.abspath(os.fspath(path))
     config = read_config(path)
     if config.model is None:
@@ -222,6 +233,10 @@ def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None) 
     config = with_dtype(config, dtype)
     model = build_model(config.model, config.adapter, config.vision)
     params, _ = restore_params(model, dirs, mesh)
+    if layout == "unstacked" and model.config.scan_layers:
+        params = unstack_layers(params, model.config.n_layers, consume=True)
+        model = unscanned(model)
+        config = config.replace(model=model.config)
     tok_dir = _tokenizer_dir(tok_paths)
     tokenizer = load_tokenizer(tok_dir) if tok_dir else None
     return Bundle(model=model, params=params, tokenizer=tokenizer, config=config)

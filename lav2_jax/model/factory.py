@@ -58,11 +58,24 @@ def abstract_params(model: Transformer, boxed: bool = False) -> dict:
     return params if boxed else nn.unbox(params)
 
 
-def unstack_layers(params: dict, n_layers: int) -> dict:
-    """Stacked `layers/...` [L, ...] → `layers_0 … layers_{L-1}` (the tree of a `scan_layers=False` model)."""
+def unstack_layers(params: dict, n_layers: int, consume: bool = False) -> dict:
+    """Stacked `layers/...` [L, ...] → `layers_0 … layers_{L-1}` (the tree of a `scan_layers=False` model).
+
+    `consume=True` frees each stacked array as soon as its L slices exist (the caller must not use `params`
+    afterwards), so host memory peaks at the weights plus one stacked leaf instead of two copies of the weights.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params["layers"])
+    per_layer = [[] for _ in range(n_layers)]
+    for leaf in leaves:
+        slices = [leaf[i] for i in range(n_layers)]
+        if consume and isinstance(leaf, jax.Array):
+            jax.block_until_ready(slices)
+            leaf.delete()
+        for i, x in enumerate(slices):
+            per_layer[i].append(x)
     out = {k: v for k, v in params.items() if k != "layers"}
     for i in range(n_layers):
-        out[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], params["layers"])
+        out[f"layers_{i}"] = jax.tree_util.tree_unflatten(treedef, per_layer[i])
     return out
 
 
