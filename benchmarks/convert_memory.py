@@ -6,6 +6,8 @@ For each configuration: a child process writes a random bf16 Meta checkpoint (`p
 `consolidated.NN.pth`, DESIGN.md §4 shard axes), then a second child runs the conversion
 (`python -m lav2_jax.cli.main convert meta`, bf16 output); the conversion child's peak RSS comes from
 `os.wait4` (ru_maxrss), so the builder's memory does not count. Prints a markdown table row per configuration.
+`--export` adds a third child, `lav2 export hf` of the converted checkpoint back to a Hugging Face directory
+(streamed per stacked leaf group, `lav2_jax.checkpoint.export.hf`), with its wall time and peak RSS.
 Configurations: 1b = DESIGN §7 "M" sizes (dim 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632, vocab 32000);
 7b = LLaMA-1 7B shapes (6.74 B parameters, 13.5 GB in bf16).
 """
@@ -74,9 +76,12 @@ def main() -> None:
     ap.add_argument("--configs", default="1b,7b")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--dir", default="/tmp/lav2_convert_bench")
+    ap.add_argument("--export", action="store_true",
+                    help="also run `lav2 export hf` on the converted checkpoint (bf16) and report its wall and RSS")
     args = ap.parse_args()
-    print("| config | params | shards | checkpoint on disk | largest source tensor | convert wall | peak RSS |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    extra = " export hf wall | export hf peak RSS |" if args.export else ""
+    print("| config | params | shards | checkpoint on disk | largest source tensor | convert wall | peak RSS |" + extra)
+    print("| --- | --- | --- | --- | --- | --- | --- |" + " --- | --- |" * args.export)
     for name in args.configs.split(","):
         c = CONFIGS[name]
         src, out = os.path.join(args.dir, f"{name}-meta"), os.path.join(args.dir, f"{name}-out")
@@ -86,8 +91,13 @@ def main() -> None:
         largest = c["vocab"] * c["dim"] * 2 / 2**30  # tok_embeddings / output (bf16), merged from the shards
         wall, rss = run_child([sys.executable, "-m", "lav2_jax.cli.main", "convert", "meta", "--ckpt-dir", src,
                                "--out", out])
-        print(f"| {name} | {n_params(c) / 1e9:.2f} B | {args.shards} | {size:.2f} GiB | {largest * 1024:.0f} MiB | "
-              f"{wall:.0f} s | {rss:.2f} GiB |", flush=True)
+        row = (f"| {name} | {n_params(c) / 1e9:.2f} B | {args.shards} | {size:.2f} GiB | {largest * 1024:.0f} MiB | "
+               f"{wall:.0f} s | {rss:.2f} GiB |")
+        if args.export:
+            e_wall, e_rss = run_child([sys.executable, "-m", "lav2_jax.cli.main", "export", "hf", "--ckpt", out,
+                                       "--out", os.path.join(args.dir, f"{name}-hf")])
+            row += f" {e_wall:.0f} s | {e_rss:.2f} GiB |"
+        print(row, flush=True)
         shutil.rmtree(args.dir, ignore_errors=True)
 
 

@@ -204,6 +204,24 @@ def restore_params_from(targets: dict, dirs: list[str], allow_missing: bool = Fa
     return traverse_util.unflatten_dict(flat), missing
 
 
+def checkpoint_reader(path, dtype: Optional[str] = None):
+    """(model, config, leaf paths, read) for a checkpoint read a few leaves at a time: `read(keys)` → {leaf path:
+    array} for leaf paths of `model` (base and adapter items, following an adapter-only dir to its base). Streaming
+    consumers (`lav2 export hf`) hold one group of leaves at a time instead of the whole model."""
+    path = os.path.abspath(os.fspath(path))
+    config = with_dtype(read_config(path), dtype)
+    if config.model is None:
+        raise ValueError(f"{path}: a vision-only checkpoint (lav2 convert clip) has no language model")
+    model = build_model(config.model, config.adapter, config.vision)
+    targets, dirs = target_structs(model), _item_dirs(path, config)
+
+    def read(keys) -> dict[tuple, jax.Array]:
+        params, _ = restore_params_from({k: targets[k] for k in keys}, dirs)
+        return traverse_util.flatten_dict(params)
+
+    return model, config, tuple(targets), read
+
+
 LAYOUTS = ("scanned", "unstacked")
 
 

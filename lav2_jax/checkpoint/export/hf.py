@@ -6,17 +6,20 @@ Per linear (our kernel K [in, out], bias b [out], scale s, LoRA A [in, r], B [r,
   HF weight = K'.T. Any bias on q/k/v/o → `attention_bias=True` (absent ones written as zeros); on the FFN →
   `mlp_bias=True`. Norms copy. Our RoPE layout is HF's, so nothing is permuted.
 Refused (ValueError with the reason): adapter prompts or visual fusion, which a plain Llama cannot express.
-Written one safetensors file per layer (+ one for embeddings / norm / head) with `model.safetensors.index.json`.
+Streamed: one safetensors file per linear (all layers' q_proj, …), one for the norms and one for embeddings and head,
+with `model.safetensors.index.json`; only the leaves of the file being written are read (host memory ≈ one stacked
+kernel, not the model).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 
 import numpy as np
-from flax import traverse_util
+from tqdm import tqdm
 
 from lav2_jax.config import LINEAR_NAMES
 
@@ -57,14 +60,13 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
     from lav2_jax.checkpoint.atomic import atomic_directory
     from lav2_jax.checkpoint.export import export_config
     from lav2_jax.checkpoint.layout import TOKENIZER_DIR
-    from lav2_jax.checkpoint.pretrained import load_pretrained
+    from lav2_jax.checkpoint.pretrained import checkpoint_reader
 
     export_config(ckpt, out_dir, overwrite, check_mergeable)
-    bundle = load_pretrained(ckpt)
-    c, a = bundle.model.config, bundle.model.adapter
+    model, _, keys, read = checkpoint_reader(ckpt)
+    c, a = model.config, model.adapter
     dtype = dtype or c.weight_dtype
     tdtype = getattr(torch, dtype)
-    flat = traverse_util.flatten_dict(bundle.params)
     group = lambda n: "attention" if n in ATTN else "feed_forward"  # noqa: E731
     attn_bias = any(a.linear_has_bias(n) for n in ATTN)
     mlp_bias = any(a.linear_has_bias(n) for n in LINEAR_NAMES if n not in ATTN)
@@ -74,27 +76,41 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
                          rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
                          attention_bias=attn_bias, mlp_bias=mlp_bias, dtype=dtype)
     t = lambda x: torch.from_numpy(np.array(x, np.float32, copy=True, order="C")).to(tdtype)  # noqa: E731
-    n_files = c.n_layers + 1
-    fname = lambda j: f"model-{j + 1:05d}-of-{n_files:05d}.safetensors"  # noqa: E731
+    layer = lambda i, name: f"model.layers.{i}.{name}"  # noqa: E731
+
+    def linear(name: str) -> dict:
+        leaf = {k[-1]: v for k, v in read([k for k in keys if k[:3] == ("layers", group(name), name)]).items()}
+        tensors = {}
+        for i in range(c.n_layers):
+            w, b = merge_linear(a, name, leaf, i)
+            tensors[layer(i, HF[name] + ".weight")] = t(w)
+            if attn_bias if name in ATTN else mlp_bias:
+                tensors[layer(i, HF[name] + ".bias")] = t(b if b is not None else np.zeros(w.shape[0]))
+        return tensors
+
+    def norms() -> dict:
+        flat = read([("layers", "attention_norm", "scale"), ("layers", "ffn_norm", "scale"), ("norm", "scale")])
+        tensors = {"model.norm.weight": t(flat[("norm", "scale")])}
+        for i in range(c.n_layers):
+            tensors[layer(i, "input_layernorm.weight")] = t(flat[("layers", "attention_norm", "scale")][i])
+            tensors[layer(i, "post_attention_layernorm.weight")] = t(flat[("layers", "ffn_norm", "scale")][i])
+        return tensors
+
+    def embeddings() -> dict:
+        flat = read([("tok_embeddings", "embedding"), ("output", "kernel")])
+        return {"model.embed_tokens.weight": t(flat[("tok_embeddings", "embedding")]),
+                "lm_head.weight": t(np.asarray(flat[("output", "kernel")], np.float32).T)}
+
+    # One file per stacked leaf group, so only one group is in host memory at a time.
+    parts = [functools.partial(linear, n) for n in LINEAR_NAMES] + [norms, embeddings]
+    fname = lambda j: f"model-{j + 1:05d}-of-{len(parts):05d}.safetensors"  # noqa: E731
     weight_map: dict[str, str] = {}
     with atomic_directory(out_dir, overwrite) as tmp:
-        for i in range(c.n_layers):
-            pre, tensors = f"model.layers.{i}.", {}
-            for name in LINEAR_NAMES:
-                leaf = {k[-1]: v for k, v in flat.items() if k[:3] == ("layers", group(name), name)}
-                w, b = merge_linear(a, name, leaf, i)
-                tensors[pre + HF[name] + ".weight"] = t(w)
-                if attn_bias if name in ATTN else mlp_bias:
-                    tensors[pre + HF[name] + ".bias"] = t(b if b is not None else np.zeros(w.shape[0]))
-            tensors[pre + "input_layernorm.weight"] = t(flat[("layers", "attention_norm", "scale")][i])
-            tensors[pre + "post_attention_layernorm.weight"] = t(flat[("layers", "ffn_norm", "scale")][i])
-            save_file(tensors, os.path.join(tmp, fname(i)), metadata={"format": "pt"})
-            weight_map.update({k: fname(i) for k in tensors})
-        tensors = {"model.embed_tokens.weight": t(flat[("tok_embeddings", "embedding")]),
-                   "model.norm.weight": t(flat[("norm", "scale")]),
-                   "lm_head.weight": t(np.asarray(flat[("output", "kernel")], np.float32).T)}
-        save_file(tensors, os.path.join(tmp, fname(c.n_layers)), metadata={"format": "pt"})
-        weight_map.update({k: fname(c.n_layers) for k in tensors})
+        for j, part in enumerate(tqdm(parts, desc="export hf", unit="file", disable=None)):
+            tensors = part()
+            save_file(tensors, os.path.join(tmp, fname(j)), metadata={"format": "pt"})
+            weight_map.update({k: fname(j) for k in tensors})
+            del tensors
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
         hf_cfg.save_pretrained(tmp)
