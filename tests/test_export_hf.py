@@ -25,6 +25,17 @@ from model_utils import random_tokens
 CONFIG = presets.get_model("tiny").replace(n_layers=2, vocab_size=64)
 
 
+def assert_hf_logits_match(hf_dir: str, model, params) -> LlamaForCausalLM:
+    """`LlamaForCausalLM` loaded from `hf_dir` reproduces our float32 logits to max-abs <= 1e-5; returns it."""
+    hf = LlamaForCausalLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    tokens = random_tokens(2, 9, CONFIG.vocab_size)
+    ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
+    with torch.no_grad():
+        ref = hf(torch.as_tensor(np.array(tokens), dtype=torch.long)).logits.numpy()
+    assert np.max(np.abs(ours - ref)) <= 1e-5, np.max(np.abs(ours - ref))
+    return hf
+
+
 @pytest.mark.parametrize("kind,lora", [("output", 4), ("input", 0), ("bias_qo_ffn", 2)])
 def test_export_matches_transformers(tmp_path, kind, lora):
     adapter = AdapterConfig(linear_kind=kind, norm_tuning=True, lora_rank=lora, prompt_len=0, prompt_layers=0,
@@ -34,13 +45,8 @@ def test_export_matches_transformers(tmp_path, kind, lora):
     tok = write_sentencepiece(str(tmp_path / "tokenizer.model"))
     ckpt = save_pretrained(tmp_path / "ckpt", model, params, tokenizer=tok)
     out = export_hf(ckpt, str(tmp_path / "hf"), dtype="float32")
-    hf = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    hf = assert_hf_logits_match(out, model, params)
     assert hf.config.attention_bias == (kind != "none") and (tmp_path / "hf" / "tokenizer.model").exists()
-    tokens = random_tokens(2, 9, CONFIG.vocab_size)
-    ours = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
-    with torch.no_grad():
-        ref = hf(torch.as_tensor(np.array(tokens), dtype=torch.long)).logits.numpy()
-    assert np.max(np.abs(ours - ref)) <= 1e-5, np.max(np.abs(ours - ref))
 
 
 def test_export_of_adapter_only_checkpoint_reads_its_base(tmp_path):
@@ -57,10 +63,4 @@ def test_export_of_adapter_only_checkpoint_reads_its_base(tmp_path):
     flat_b, flat_o = traverse_util.flatten_dict(base_params), traverse_util.flatten_dict(own)
     expected = traverse_util.unflatten_dict({k: flat_o[k] if mask[k] else flat_b[k] for k in flat_b})
     ckpt = save_adapter(tmp_path / "adapter", model, own, base=base)
-    out = export_hf(ckpt, str(tmp_path / "hf"), dtype="float32")
-    hf = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    tokens = random_tokens(2, 9, CONFIG.vocab_size)
-    ours = np.asarray(jax.jit(model.apply)({"params": expected}, tokens))
-    with torch.no_grad():
-        ref = hf(torch.as_tensor(np.array(tokens), dtype=torch.long)).logits.numpy()
-    assert np.max(np.abs(ours - ref)) <= 1e-5, np.max(np.abs(ours - ref))
+    assert_hf_logits_match(export_hf(ckpt, str(tmp_path / "hf"), dtype="float32"), model, expected)

@@ -52,13 +52,14 @@ def restore_item(path: str, targets: Mapping[tuple, jax.ShapeDtypeStruct]) -> di
             raise ValueError(f"{path}: parameter {path_str(key)} has shape {saved[key][0]}, the model expects "
                              f"{tuple(t.shape)}")
     out: dict = {}
+    path = os.path.abspath(path)
     with ocp.PyTreeCheckpointer() as ckptr:
         for chunk in _chunks(targets):
             item = traverse_util.unflatten_dict(dict(chunk))
             restore_args = traverse_util.unflatten_dict({
                 k: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype, global_shape=tuple(t.shape))
                 for k, t in chunk.items()})
-            restored = ckptr.restore(os.path.abspath(path), args=ocp.args.PyTreeRestore(
+            restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
                 item=item, restore_args=restore_args, partial_restore=True))
             out.update(traverse_util.flatten_dict(restored))
     return out

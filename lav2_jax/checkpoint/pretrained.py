@@ -204,16 +204,33 @@ def restore_params_from(targets: dict, dirs: list[str], allow_missing: bool = Fa
     return traverse_util.unflatten_dict(flat), missing
 
 
+def _open(path, dtype: Optional[str] = None, adapter=None):
+    """(config, model, item dirs in override order, tokenizer search paths) of checkpoint `path` (+ overlay)."""
+    path = os.path.abspath(os.fspath(path))
+    config = read_config(path)
+    if config.model is None:
+        raise ValueError(f"{path}: a vision-only checkpoint (lav2 convert clip): use load_vision, or combine it "
+                         "with a language model via restore_params(model, item_dirs(llama) + item_dirs(clip))")
+    dirs = _item_dirs(path, config)
+    tok_paths = [path] + ([config.base] if config.base else [])
+    if adapter is not None:
+        adapter = os.path.abspath(os.fspath(adapter))
+        acfg = read_config(adapter)
+        check_same_base(config.model, acfg.model, adapter)
+        config = config.replace(adapter=acfg.adapter, vision=acfg.vision or config.vision,
+                                channel_order=acfg.channel_order, meta={**config.meta, **acfg.meta})
+        dirs += [os.path.join(adapter, item) for item in acfg.items]
+        tok_paths.insert(0, adapter)
+    config = with_dtype(config, dtype)
+    return config, build_model(config.model, config.adapter, config.vision), dirs, tok_paths
+
+
 def checkpoint_reader(path, dtype: Optional[str] = None):
     """(model, config, leaf paths, read) for a checkpoint read a few leaves at a time: `read(keys)` → {leaf path:
     array} for leaf paths of `model` (base and adapter items, following an adapter-only dir to its base). Streaming
     consumers (`lav2 export hf`) hold one group of leaves at a time instead of the whole model."""
-    path = os.path.abspath(os.fspath(path))
-    config = with_dtype(read_config(path), dtype)
-    if config.model is None:
-        raise ValueError(f"{path}: a vision-only checkpoint (lav2 convert clip) has no language model")
-    model = build_model(config.model, config.adapter, config.vision)
-    targets, dirs = target_structs(model), _item_dirs(path, config)
+    config, model, dirs, _ = _open(path, dtype)
+    targets = target_structs(model)
 
     def read(keys) -> dict[tuple, jax.Array]:
         params, _ = restore_params_from({k: targets[k] for k in keys}, dirs)
@@ -233,23 +250,7 @@ def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None, 
         raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
     if layout == "unstacked" and mesh is not None:
         raise ValueError("layout='unstacked' is for single-device inference; load with a mesh in the scanned layout")
-    path = os.path.abspath(os.fspath(path))
-    config = read_config(path)
-    if config.model is None:
-        raise ValueError(f"{path}: a vision-only checkpoint (lav2 convert clip): use load_vision, or combine it "
-                         "with a language model via restore_params(model, item_dirs(llama) + item_dirs(clip))")
-    dirs = _item_dirs(path, config)
-    tok_paths = [path] + ([config.base] if config.base else [])
-    if adapter is not None:
-        adapter = os.path.abspath(os.fspath(adapter))
-        acfg = read_config(adapter)
-        check_same_base(config.model, acfg.model, adapter)
-        config = config.replace(adapter=acfg.adapter, vision=acfg.vision or config.vision,
-                                channel_order=acfg.channel_order, meta={**config.meta, **acfg.meta})
-        dirs += [os.path.join(adapter, item) for item in acfg.items]
-        tok_paths.insert(0, adapter)
-    config = with_dtype(config, dtype)
-    model = build_model(config.model, config.adapter, config.vision)
+    config, model, dirs, tok_paths = _open(path, dtype, adapter)
     params, _ = restore_params(model, dirs, mesh)
     if layout == "unstacked" and model.config.scan_layers:
         params = unstack_layers(params, model.config.n_layers, consume=True)

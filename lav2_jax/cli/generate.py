@@ -52,11 +52,10 @@ def load_bundle(args):
     if not os.path.isdir(args.ckpt):
         raise UserError(f"checkpoint not found: {args.ckpt}")
     from lav2_jax.checkpoint import load_pretrained
+    from lav2_jax.inference.generation import decodes_unstacked
 
-    import jax
-
-    # One CPU device: load the decoder unstacked, the layout CPU decoding is fastest in, without a second copy.
-    layout = "unstacked" if jax.default_backend() == "cpu" and jax.device_count() == 1 else "scanned"
+    # Load in the layout generate() decodes with, so it never makes a second, unstacked copy of the weights.
+    layout = "unstacked" if decodes_unstacked() else "scanned"
     try:
         return load_pretrained(args.ckpt, dtype=args.dtype, layout=layout)
     except (ValueError, OSError) as e:

@@ -179,6 +179,11 @@ def _param_bytes(params) -> int:
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(params))
 
 
+def decodes_unstacked(mesh=None) -> bool:
+    """Whether decoding runs over unstacked layers: on the CPU backend without a mesh (see `decode_view`)."""
+    return mesh is None and jax.default_backend() == "cpu"
+
+
 def decode_view(bundle, model, params, mesh):
     """The model and parameters decoding runs on.
 
@@ -188,7 +193,7 @@ def decode_view(bundle, model, params, mesh):
     and only while a second copy of the weights takes under a quarter of physical memory; otherwise, on
     accelerators and under a mesh the scanned layout is used as loaded.
     """
-    if mesh is not None or jax.default_backend() != "cpu" or not model.config.scan_layers:
+    if not decodes_unstacked(mesh) or not model.config.scan_layers:
         return model, params
     cached = getattr(bundle, "_cpu_decode_view", None)
     if cached is not None and cached[0] is params:
