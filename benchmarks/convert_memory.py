@@ -1,4 +1,4 @@
-"""Peak host RSS of `lav2 convert meta` on synthetic model-parallel Meta checkpoints (issue 4).
+"""Peak host RSS of `lav2 convert meta` on synthetic model-parallel Meta checkpoints.
 
     .venv/bin/python benchmarks/convert_memory.py [--configs 1b,7b] [--shards 2] [--dir /tmp/lav2_convert_bench]
 

@@ -1,4 +1,4 @@
-"""Samples/s of the data pipelines (issue 6 benchmark), on synthetic data generated here (nothing downloaded).
+"""Samples/s of the data pipelines, on synthetic data generated here (nothing downloaded).
 
 * caption: 224 px images (JPEG, 320–480 px sources) → decode + RandomResizedCrop + normalise, max_len 96
 * instruction: Alpaca-style records tokenised to ~512 tokens (max_len 512), no images

@@ -1,4 +1,4 @@
-"""Decoding benchmark (issue 7, DESIGN.md §7): lav2_jax `generate` vs Hugging Face `generate`, same weights, greedy.
+"""Decoding benchmark (DESIGN.md §7): lav2_jax `generate` vs Hugging Face `generate`, same weights, greedy.
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/decode.py --presets tiny,bench-s --batches 1,4,8
 

@@ -1,4 +1,4 @@
-"""Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (DESIGN.md §7, issue 5).
+"""Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (DESIGN.md §7).
 
     .venv/bin/python benchmarks/train_step.py [--configs s,m] [--iters 5] [--warmup 2]
 

@@ -1,4 +1,4 @@
-"""Named model, adapter and vision presets (issue 2, DESIGN.md §1, §7).
+"""Named model, adapter and vision presets (DESIGN.md §1, §7).
 
 `get_model("llama1-7b")`, `get_adapter("paper")`, `get_vision("vit-l-14")`; `*_PRESETS` list the names.
 """

@@ -13,7 +13,7 @@ Every string here is the exact text of DESIGN.md §3; do not reformat.
 
 Training sequences are *segments*: a list of ``(text, is_answer)`` whose concatenation is the full text
 (`instruction_segments`, `caption_segments`, `chat_segments`). The loss covers answer segments and the final EOS.
-Decision (documented for inference, issue 6): the Alpaca/caption answer follows ``"### Response:"`` with no
+Decision (documented for inference): the Alpaca/caption answer follows ``"### Response:"`` with no
 separator, exactly ``prompt + answer``; in chat, an assistant answer segment is ``" " + text`` (the space after
 ``"Assistant:"``) and, for every assistant turn but the last, also the following ``"###"`` so the model learns to
 end its turn; the last turn ends with EOS. Generation therefore stops at EOS or at the text ``"###"``.

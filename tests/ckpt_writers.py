@@ -1,4 +1,4 @@
-"""Tiny random checkpoints in each PyTorch source format, written by the tests themselves (issue 4).
+"""Tiny random checkpoints in each PyTorch source format, written by the tests themselves.
 
 References come from `transformers` (`LlamaForCausalLM`, `CLIPVisionModel`); the Meta / OpenAI / released layouts
 are derived from their state dicts with the key maps of DESIGN.md §4 (Meta q/k rows in the interleaved RoPE order).

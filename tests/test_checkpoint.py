@@ -1,4 +1,4 @@
-"""The checkpoint format (issue 4): save_pretrained / load_pretrained / save_adapter / load_adapter.
+"""The checkpoint format: save_pretrained / load_pretrained / save_adapter / load_adapter.
 
 Proves: a bit-exact round trip of every leaf (frozen bf16 and float32 adapters), identical logits after reload,
 the base/adapter item split follows recipe `all-adapters`, `dtype="float32"` upcasts everything, adapter overlays

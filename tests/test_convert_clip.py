@@ -1,4 +1,4 @@
-"""`lav2 convert clip` (issue 4): OpenAI state dict, OpenAI TorchScript archive, Hugging Face directory.
+"""`lav2 convert clip`: OpenAI state dict, OpenAI TorchScript archive, Hugging Face directory.
 
 Proves: each converted tower reproduces the `transformers` CLIP reference (projection of the post-LN hidden states
 of all tokens) to max-abs ≤ 1e-5 in float32; the VisionConfig (width, depth, patch, resolution, output size) is

@@ -1,4 +1,4 @@
-"""Bad input to `lav2 convert` (issue 4): each case fails with a message naming the file and the key, and nothing
+"""Bad input to `lav2 convert`: each case fails with a message naming the file and the key, and nothing
 is written (no output directory, no temporary directory left beside it)."""
 
 import json

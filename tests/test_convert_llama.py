@@ -1,4 +1,4 @@
-"""`lav2 convert meta|hf|chat65b` (issue 4): converted models reproduce torch references in float32.
+"""`lav2 convert meta|hf|chat65b`: converted models reproduce torch references in float32.
 
 Proves: Meta single-file and 2-shard GQA checkpoints reproduce `LlamaForCausalLM` logits (max-abs ≤ 1e-5) and the
 2-shard conversion equals the single-file one bit-exactly; HF safetensors (sharded with an index, tied and untied)

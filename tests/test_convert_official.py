@@ -1,4 +1,4 @@
-"""`lav2 convert official` and `lav2 export official` (issue 4): released LLaMA-Adapter V2 files.
+"""`lav2 convert official` and `lav2 export official`: released LLaMA-Adapter V2 files.
 
 Proves: BIAS and LORA-BIAS structured files (every tensor non-trivial, some float16) convert into the right preset
 (`bias_qo_ffn`, official fusion, BGR, sizes from tensor shapes); every released tensor lands in our tree exactly

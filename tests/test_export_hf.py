@@ -1,4 +1,4 @@
-"""`lav2 export hf` (issue 4): adapters merged into a plain Hugging Face Llama directory.
+"""`lav2 export hf`: adapters merged into a plain Hugging Face Llama directory.
 
 Proves: for the `output` placement (s ⊙ (Wx + b)) with LoRA, and for the `input` placement (W(s ⊙ x) + b, the
 65B chat model) — every bias, scale, norm and LoRA tensor random and non-trivial, GQA — `LlamaForCausalLM`

@@ -1,4 +1,4 @@
-"""Greedy generation with the KV cache equals greedy decoding by repeated full forwards (issue 7).
+"""Greedy generation with the KV cache equals greedy decoding by repeated full forwards.
 
 A batch of prompts of different lengths, text-only (a model without vision) and with images (tiny CLIP tower) in
 both fusion modes — `official` (release: visual tokens added to the adapter prompts) and `early` (paper: gated

@@ -1,4 +1,4 @@
-"""The multimodal model (issue 3): CLIP + connector + both fusion modes, on mixed image / text-only batches."""
+"""The multimodal model: CLIP + connector + both fusion modes, on mixed image / text-only batches."""
 
 import chex
 import jax

@@ -1,4 +1,4 @@
-"""Sharded and multi-process training agree with one device / one process (issue 5, DESIGN.md §5)."""
+"""Sharded and multi-process training agree with one device / one process (DESIGN.md §5)."""
 
 import json
 import os

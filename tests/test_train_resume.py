@@ -1,4 +1,4 @@
-"""Killed runs resume to the uninterrupted result (issue 5: orbax checkpoints, SIGKILL, SIGTERM)."""
+"""Killed runs resume to the uninterrupted result (orbax checkpoints, SIGKILL, SIGTERM)."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""The jitted train step in-process on the tiny joint model (issue 5: disjoint groups, accumulation, loss, NaN)."""
+"""The jitted train step in-process on the tiny joint model (disjoint groups, accumulation, loss, NaN)."""
 
 import types
 

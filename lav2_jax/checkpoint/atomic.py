@@ -1,4 +1,4 @@
-"""Atomic checkpoint directories: write into a temporary sibling, rename into place at the end (issue 4).
+"""Atomic checkpoint directories: write into a temporary sibling, rename into place at the end.
 
 An interrupted write leaves only a `.NAME.tmp-*` directory, never a directory at the target path that looks
 complete. The temporary directory lives in the target's parent, so the final `os.rename` stays on one filesystem.

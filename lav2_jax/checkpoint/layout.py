@@ -1,4 +1,4 @@
-"""The on-disk checkpoint layout and its `config.json` (issue 4).
+"""The on-disk checkpoint layout and its `config.json`.
 
 A checkpoint directory:
 

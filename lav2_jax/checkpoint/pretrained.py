@@ -1,4 +1,4 @@
-"""Saving and loading whole models and adapters (issue 4; layout in `lav2_jax.checkpoint.layout`).
+"""Saving and loading whole models and adapters (layout in `lav2_jax.checkpoint.layout`).
 
   save_pretrained(out_dir, model, params, tokenizer=..., channel_order="rgb", meta=None)
       base item (frozen leaves) + adapter item (leaves recipe `all-adapters` trains) + config.json + tokenizer/.

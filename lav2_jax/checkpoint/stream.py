@@ -1,4 +1,4 @@
-"""Streaming writes of an orbax item, one slice at a time (issue 4: converting 65B must not need 130 GB of RAM).
+"""Streaming writes of an orbax item, one slice at a time (converting 65B must not need 130 GB of RAM).
 
 `ItemWriter(path)` declares leaves (`create(key, shape, dtype, stacked)`), then receives pieces: a whole leaf, or
 one layer slice `[i]` of a leaf stacked on the leading layer axis. Each leaf is a zarr (v2, zstd) array written by

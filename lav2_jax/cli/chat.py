@@ -1,4 +1,4 @@
-"""`lav2 chat --ckpt C [--image PATH] [--system TEXT]`: multi-turn chat on the terminal (issue 7).
+"""`lav2 chat --ckpt C [--image PATH] [--system TEXT]`: multi-turn chat on the terminal.
 
 Reads one human message per line from stdin (EOF, `/quit` or `/exit` ends; `/reset` forgets the history) and
 streams each reply as it is produced, prefixed "Assistant: ". The conversation uses the chat template of

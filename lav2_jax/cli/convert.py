@@ -1,4 +1,4 @@
-"""`lav2 convert meta|hf|clip|official|chat65b ...`: PyTorch weights → an orbax checkpoint (issue 4).
+"""`lav2 convert meta|hf|clip|official|chat65b ...`: PyTorch weights → an orbax checkpoint.
 
   meta      --ckpt-dir D [--tokenizer T]                        Meta LLaMA (params.json, consolidated.NN.pth)
   hf        --hf-dir D                                          Hugging Face Llama directory

@@ -1,4 +1,4 @@
-"""`lav2 generate --ckpt C [--image PATH] --prompt TEXT [--raw] [--expert caption|ocr]` (issue 7).
+"""`lav2 generate --ckpt C [--image PATH] --prompt TEXT [--raw] [--expert caption|ocr]`.
 
 The Alpaca template (DESIGN.md §3) wraps `--prompt` (and `--input`) unless `--raw`. Tokens are streamed to stdout
 as they are produced: a Python loop over one jitted decode step (one host round trip per token), which is what

@@ -1,4 +1,4 @@
-"""`lav2 train --config configs/<name>.py --workdir DIR [--config.key=value ...]` (issue 5 interface).
+"""`lav2 train --config configs/<name>.py --workdir DIR [--config.key=value ...]`.
 
 The config file is an ml_collections config (`get_config()`), overridden with absl-style flags as in the Flax
 examples, e.g. `--config.total_steps=100 --config.mesh.fsdp=8`. Checkpoints, TensorBoard events and

@@ -1,4 +1,4 @@
-"""Training data (issue 6) and host image preprocessing (issue 3, DESIGN.md §1.3).
+"""Training data and host image preprocessing (DESIGN.md §1.3).
 
 Modules, one concept each:
 

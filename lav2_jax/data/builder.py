@@ -1,4 +1,4 @@
-"""Write a source (issue 6 "Sources") once into a TFDS dataset in `array_record` format, readable without TensorFlow.
+"""Write a parsed source once into a TFDS dataset in `array_record` format, readable without TensorFlow.
 
 TFDS approach (verified with tensorflow-datasets 4.9.10, no TensorFlow installed): a
 `tfds.core.GeneratorBasedBuilder` subclass per kind (registration skipped) whose `_info` builds a

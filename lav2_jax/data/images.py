@@ -1,6 +1,6 @@
 """Host-side image decoding, CLIP preprocessing and training augmentation (numpy + PIL, no TensorFlow).
 
-Implements DESIGN.md §1.3 "Preprocessing" (issue 3):
+Implements DESIGN.md §1.3 "Preprocessing":
 
 * evaluation: resize the short side to `size` (bicubic), center crop `size × size`, scale to [0, 1],
   normalise with the CLIP mean/std;

@@ -1,4 +1,4 @@
-"""grain input pipelines over datasets written by `lav2_jax.data.builder` (issue 6 "Pipeline").
+"""grain input pipelines over datasets written by `lav2_jax.data.builder`.
 
 Batch contract (what the trainer and the model consume; numpy arrays):
 

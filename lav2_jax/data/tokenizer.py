@@ -8,7 +8,7 @@ Interface (both classes): `encode(text, bos=False, eos=False) -> list[int]`, `de
 
 * sentencepiece: BOS 1 / EOS 2 as stored in the model. `encode` adds sentencepiece's dummy-prefix space like the
   release; `encode_continuation` encodes text that *continues* a previous segment, i.e. without the dummy prefix,
-  so that `decode(encode(a) + encode_continuation(b)) == a + b` (issue 6: template strings round-trip exactly).
+  so that `decode(encode(a) + encode_continuation(b)) == a + b` (template strings round-trip exactly).
 * Hugging Face: `encode` never adds the tokenizer's own special tokens (BOS/EOS only when asked); byte-level BPE
   (LLaMA-3) has no dummy prefix, so `encode_continuation == encode`.
 * `pad_id` is 0 for both (the batch contract of `lav2_jax.data.pipeline`: padding is masked out of the loss).

@@ -1,4 +1,4 @@
-"""Inference (issue 7): batched generation with a KV cache, streaming, chat and expert models.
+"""Inference: batched generation with a KV cache, streaming, chat and expert models.
 
   generate(bundle, prompts, images=None, max_new_tokens=256, temperature=0.1, top_p=0.75, seed=0, *, mesh=None)
       -> Generated(texts, token_ids)                                     (lav2_jax.inference.generation)

@@ -1,4 +1,4 @@
-"""Multi-turn chat (issue 7) with the chat template of DESIGN.md §3 (`lav2_jax.templates.chat_prompt`).
+"""Multi-turn chat with the chat template of DESIGN.md §3 (`lav2_jax.templates.chat_prompt`).
 
 Each reply is generated from the whole conversation rendered by `chat_prompt(turns, system)` (system text, "###"
 separators, roles Human / Assistant, ending in "###Assistant:"), encoded with BOS and no EOS. Generation stops at

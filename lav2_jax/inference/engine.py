@@ -1,4 +1,4 @@
-"""The traced part of generation: prefill, one decode step, and the `lax.while_loop` decode (issue 7).
+"""The traced part of generation: prefill, one decode step, and the `lax.while_loop` decode.
 
 Shapes (B = batch bucket, T = prompt bucket, N = new-token buffer, S = cache length, V = vocab):
   tokens [B, T] int32   right-padded prompts (BOS + prompt, no EOS); lengths [B] int32 real lengths (>= 1)

@@ -1,4 +1,4 @@
-"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (issue 7, DESIGN §3).
+"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (DESIGN §3).
 
 `bundle` is what `lav2_jax.load_pretrained` returns (anything with `.model`, `.params`, `.tokenizer`). Prompts are
 final strings (apply `lav2_jax.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.

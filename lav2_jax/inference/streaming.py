@@ -1,4 +1,4 @@
-"""Token ids → text pieces as they are produced, with an optional stop string (issue 7: streaming CLI, chat).
+"""Token ids → text pieces as they are produced, with an optional stop string (the streaming CLI and chat).
 
 `TextStreamer(tokenizer, stop="###")`: `push(token_id)` returns the text that became final with this token;
 `finish()` the rest. Text is re-decoded from all ids so far (sentencepiece joins pieces and bytes across tokens)

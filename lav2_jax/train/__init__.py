@@ -1,2 +1,2 @@
-"""The training engine (issue 5): `lav2_jax.train.trainer.train(config, workdir)`; one concept per module —
+"""The training engine: `lav2_jax.train.trainer.train(config, workdir)`; one concept per module —
 optimizer, loss, step, state, checkpointing, mesh, multihost, data, synthetic, logging, defaults."""

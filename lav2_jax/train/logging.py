@@ -1,4 +1,4 @@
-"""Training logs: a tqdm bar, TensorBoard events (tensorboardX) and `<workdir>/metrics.jsonl` (issue 5 interface).
+"""Training logs: a tqdm bar, TensorBoard events (tensorboardX) and `<workdir>/metrics.jsonl`.
 
 Each logged step writes one JSON line: `step`, per-stream `loss/<stream>`, per-group `lr/<group>` and
 `grad_norm/<group>`, `gate/adapter` and `gate/visual` (mean |tanh(gate)| per layer: the gates open from 0 as training

@@ -1,4 +1,4 @@
-"""Reading PyTorch checkpoint files one tensor at a time (issue 4: conversion streams tensor by tensor).
+"""Reading PyTorch checkpoint files one tensor at a time (conversion streams tensor by tensor).
 
 `TensorFile(path, subkey=None)` opens `.pth`/`.bin` files with `torch.load(mmap=True, weights_only=True)` and
 `.safetensors` with `safe_open`: keys and shapes come from the headers, data only when `get(key)` asks, as a numpy

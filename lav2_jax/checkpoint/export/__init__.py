@@ -1,4 +1,4 @@
-"""Checkpoints → PyTorch formats (issue 4): `official.export_official` (released adapter file),
+"""Checkpoints → PyTorch formats: `official.export_official` (released adapter file),
 `hf.export_hf` (plain Hugging Face Llama with adapters merged)."""
 
 import os

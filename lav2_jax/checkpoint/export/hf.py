@@ -1,4 +1,4 @@
-"""A checkpoint → a plain Hugging Face Llama directory, adapters merged into the weights (issue 4).
+"""A checkpoint → a plain Hugging Face Llama directory, adapters merged into the weights.
 
 Per linear (our kernel K [in, out], bias b [out], scale s, LoRA A [in, r], B [r, out], factor f):
   output  y = s ⊙ (K·x + b) + f·B(A x)  →  K' = K ⊙ s[None, :] + f·A B,  b' = s ⊙ b

@@ -1,4 +1,4 @@
-"""Trainable parameters → the released LLaMA-Adapter V2 file format (issue 4; inverse of `convert.official`).
+"""Trainable parameters → the released LLaMA-Adapter V2 file format (inverse of `convert.official`).
 
 `export_official(ckpt, out_file)` writes `{'model': {...}, 'config': {'w_bias', 'w_lora', 'lora_rank'}}` with the
 key map of `lav2_jax.checkpoint.convert.official` run backwards (kernels transposed back to torch [out, in], q/k
