@@ -20,4 +20,5 @@ def get_config():
     c.data.instruction.max_len = 512
     c.checkpoint.keep = 2
     c.distributed.auto = True
+    c.data.packing = True  # several samples per row, attention and loss kept per sample (lav2_jax.data.packing)
     return c

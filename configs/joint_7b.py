@@ -20,4 +20,5 @@ def get_config():
     c.optim.instruction = group(1e-3, 0.02, warmup_steps=1000)
     c.data.caption.max_len, c.data.instruction.max_len = 96, 512
     c.log.every_steps = 20
+    c.data.packing = True  # several samples per row, attention and loss kept per sample (lav2_jax.data.packing)
     return c

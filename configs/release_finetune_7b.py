@@ -16,4 +16,5 @@ def get_config():
     c.batch.instruction = 32
     c.optim.instruction = group(1e-3, 0.02, warmup_steps=1000)
     c.data.instruction.max_len = 512
+    c.data.packing = True  # several samples per row, attention and loss kept per sample (lav2_jax.data.packing)
     return c

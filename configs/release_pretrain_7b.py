@@ -16,4 +16,5 @@ def get_config():
     c.batch.caption = 32
     c.optim.caption = group(1e-4, 0.05, warmup_steps=1000)
     c.data.caption.max_len = 96
+    c.data.packing = True  # several samples per row, attention and loss kept per sample (lav2_jax.data.packing)
     return c

@@ -3,7 +3,8 @@
 from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax import presets
 
-__all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets", "load_pretrained", "generate"]
+__all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets", "load_pretrained", "generate", "encode_images",
+           "next_token_logits"]
 __version__ = "0.1.0"
 
 
@@ -14,4 +15,7 @@ def __getattr__(name):  # lazy: `import lav2_jax` (and the CLI parser) stays fre
     if name == "generate":
         from lav2_jax.inference.generation import generate
         return generate
+    if name in ("encode_images", "next_token_logits"):
+        from lav2_jax.inference import scoring
+        return getattr(scoring, name)
     raise AttributeError(f"module 'lav2_jax' has no attribute {name!r}")

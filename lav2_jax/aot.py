@@ -16,8 +16,10 @@ import numpy as np
 
 from lav2_jax.sharding import MESH_AXES
 
-# libtpu looks for a TPU VM's metadata at start-up; on a CPU host these keep it quiet and offline.
-_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-8", "TPU_WORKER_HOSTNAMES": "localhost",
+# libtpu looks for a TPU VM's metadata at start-up; on a CPU host these keep it quiet and offline (and let several
+# compile-only processes share the host: none of them opens a chip).
+_LIBTPU_ENV = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-8",
+               "TPU_WORKER_HOSTNAMES": "localhost",
                "TPU_WORKER_ID": "0"}
 
 
@@ -34,6 +36,8 @@ class CompileReport:
     alias_bytes: int
     generated_code_bytes: int
     xla_flops: float  # XLA's cost analysis: a scanned (while-loop) body is counted once, not per layer
+    compiled_flops: float = 0.0  # matmul FLOPs of the whole program, all chips, loops in full (lav2_jax.flops)
+    pallas_calls: int = 0  # Pallas kernel launches, whose FLOPs compiled_flops cannot see
 
     @property
     def peak_bytes(self) -> int:
@@ -41,7 +45,12 @@ class CompileReport:
         return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
     def as_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes)
+        from lav2_jax.flops import hbm_gib
+
+        hbm = hbm_gib(self.topology)
+        peak = self.peak_bytes / 2 ** 30
+        return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes, peak_gib_per_chip=peak,
+                    hbm_fraction=peak / hbm if hbm else None)
 
 
 def topology_devices(topology: str, platform: str = "tpu") -> list:
@@ -66,6 +75,10 @@ def topology_mesh(topology: str, data: int = 1, fsdp: int = -1, tensor: int = 1)
 
 
 def compile_report(topology: str, mesh, compiled) -> CompileReport:
+    from lav2_jax.flops import hlo_flops
+
+    counted = hlo_flops(compiled.as_text())
+    n = int(np.prod(list(mesh.shape.values())))
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -74,7 +87,8 @@ def compile_report(topology: str, mesh, compiled) -> CompileReport:
         mesh={a: int(mesh.shape[a]) for a in MESH_AXES},
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
-        generated_code_bytes=int(mem.generated_code_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)))
+        generated_code_bytes=int(mem.generated_code_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)),
+        compiled_flops=counted["flops"] * n, pallas_calls=counted["custom_calls"])
 
 
 def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_shardings: Any = None, mesh=None,
@@ -85,7 +99,7 @@ def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_sharding
     from lav2_jax.sharding import LOGICAL_RULES
 
     jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
-    with mesh, nn.logical_axis_rules(LOGICAL_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         return jitted.lower(*args).compile()
 
 
@@ -138,9 +152,14 @@ def abstract_batch(setup, config) -> dict:
         length = int(config.data.seq_len if synthetic else config.data[stream.batch_key].max_len)
         shapes = {"tokens": ((rows, length), jnp.int32), "targets": ((rows, length), jnp.int32),
                   "loss_mask": ((rows, length), jnp.float32)}
+        packed = not synthetic and bool(config.data.get("packing", False))  # lav2_jax.data.packing
+        if packed:
+            shapes.update(segment_ids=((rows, length), jnp.int32), positions=((rows, length), jnp.int32))
         if setup.model.vision is not None and stream.batch_key != "instruction":
             size = setup.model.vision.image_size
-            shapes.update(images=((rows, size, size, 3), jnp.float32), has_image=((rows,), jnp.bool_))
+            slots = (int(config.data[stream.batch_key].get("max_segments", 8)),) if packed else ()
+            shapes.update(images=((rows, *slots, size, size, 3), jnp.float32),
+                          has_image=((rows, *slots), jnp.bool_))
         batch[stream.batch_key] = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape)))
                                    for k, (shape, dtype) in shapes.items()}
     return batch
@@ -153,3 +172,24 @@ def compile_train_step(config, mesh):
 
     setup, state = state_lib.build(config, mesh, abstract=True)
     return setup.train_step.lower(state, setup.frozen, abstract_batch(setup, config)).compile()
+
+
+def train_step_analytic(config) -> dict:
+    """Analytic model FLOPs (`lav2_jax.flops.analytic_train_flops`) of the step a training config describes, with
+    the batch shapes `abstract_batch` gives it (packed image rows: every image slot counts as an image)."""
+    from lav2_jax.flops import analytic_train_flops
+    from lav2_jax.model.factory import build_model
+    from lav2_jax.train.state import model_configs
+    from lav2_jax.train.step import recipe_streams
+
+    model = build_model(*model_configs(config.model))
+    synthetic = config.data.get("source") == "synthetic"
+    packed = not synthetic and bool(config.data.get("packing", False))
+    shapes: dict = {"images": {}}
+    for stream in recipe_streams(config.recipe):
+        key = stream.batch_key
+        rows = int(config.batch[key])
+        shapes[key] = (rows, int(config.data.seq_len if synthetic else config.data[key].max_len))
+        if model.vision is not None and key != "instruction":
+            shapes["images"][key] = rows * (int(config.data[key].get("max_segments", 8)) if packed else 1)
+    return analytic_train_flops(model, shapes)

@@ -13,8 +13,12 @@ from typing import Optional
 
 LINEAR_KINDS = ("output", "input", "bias_qo_ffn", "none")
 FUSION_MODES = ("early", "official", "none")
+SYSTEMS = ("lav2", "llava", "owl")
+SPLICE_SELECTS = ("patch", "cls_patch", "all")
+PROJECTORS = ("linear", "mlp2x_gelu", "none")
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_qkv_out", "save_attn_ffn_out")
+ATTENTION_IMPLS = ("xla", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,7 @@ class ModelConfig:
     dtype: str = "bfloat16"
     remat_policy: str = "none"
     scan_layers: bool = True
+    attention: str = "xla"  # "xla" | "flash": Pallas TPU splash kernel for training / prefill (lav2_jax.model.flash)
 
     def __post_init__(self):
         if self.dim % self.n_heads:
@@ -54,6 +59,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig head_dim={self.head_dim} must be even for RoPE")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r} not in {ATTENTION_IMPLS}")
 
     @property
     def kv_heads(self) -> int:
@@ -83,7 +90,8 @@ class AdapterConfig:
     linear_kind: `output` y = s*(Wx+b) on all seven linears (paper §4.1); `input` y = W(s*x)+b (released 65B chat);
       `bias_qo_ffn` y = Wx+b on wq, wo, w1, w2, w3 (released multimodal 7B); `none`.
     norm_tuning: RMSNorm weights are trainable.
-    lora_rank: 0 disables LoRA; `lora_alpha` defaults to the rank (factor 1, the released form).
+    lora_rank: 0 disables LoRA; `lora_alpha` defaults to the rank (factor 1, the released form); `lora_dropout`
+      drops LoRA inputs in training (PEFT's `lora_dropout`; active only when a `dropout` rng is given).
     prompt_len, prompt_layers: `prompt_len` adapter prompt tokens in each of the last `prompt_layers` (L) layers.
     new_gate: the extra scalar gate of the released LoRA checkpoints (init 1).
     visual_fusion: `early` (paper §4.3, visual prompts gated in the first `early_layers` K layers), `official`
@@ -96,6 +104,7 @@ class AdapterConfig:
     norm_tuning: bool = True
     lora_rank: int = 0
     lora_alpha: Optional[float] = None
+    lora_dropout: float = 0.0
     lora_targets: tuple = LINEAR_NAMES
     new_gate: bool = False
     prompt_len: int = 10
@@ -107,8 +116,14 @@ class AdapterConfig:
     v_width: int = 768
     v_num_heads: int = 16
     v_mlp_ratio: float = 4.0
+    splice: Optional["SpliceConfig"] = None
 
     def __post_init__(self):
+        if isinstance(self.splice, dict):  # from config.json
+            object.__setattr__(self, "splice", SpliceConfig(**self.splice))
+        if self.splice is not None and self.visual_fusion != "none":
+            raise ValueError("AdapterConfig: a spliced visual path (LLaVA, mPLUG-Owl) replaces LLaMA-Adapter's "
+                             f"visual prompts, so visual_fusion must be 'none', got {self.visual_fusion!r}")
         if self.linear_kind not in LINEAR_KINDS:
             raise ValueError(f"AdapterConfig.linear_kind={self.linear_kind!r} not in {LINEAR_KINDS}")
         if self.visual_fusion not in FUSION_MODES:
@@ -129,6 +144,11 @@ class AdapterConfig:
     @property
     def has_visual(self) -> bool:
         return self.visual_fusion != "none"
+
+    @property
+    def system(self) -> str:
+        """`lav2` (gated visual prompts), or the spliced system of `splice` (`llava`, `owl`)."""
+        return "lav2" if self.splice is None else self.splice.system
 
     @property
     def lora_scale(self) -> float:
@@ -182,4 +202,90 @@ class VisionConfig:
         return self.num_patches + 1
 
     def replace(self, **kw) -> "VisionConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractorConfig:
+    """mPLUG-Owl's visual abstractor (SEED_SYSTEMS.md §3.2): `num_queries` learned queries, `layers` cross-attention
+    blocks of width `width` (= the vision width) with `heads` heads and a SwiGLU MLP of `mlp_dim` with an inner
+    LayerNorm of eps `layer_norm_eps` (norm1/normk/norm2 use torch's default 1e-5), attention-prob dropout
+    `attention_dropout` in training; `visual_fc` maps to the LLM width and `vit_eos` is appended (queries + 1)."""
+
+    num_queries: int = 64
+    layers: int = 6
+    width: int = 1024
+    heads: int = 16
+    mlp_dim: int = 2816
+    layer_norm_eps: float = 1e-6
+    attention_dropout: float = 0.1
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"AbstractorConfig.width={self.width} is not divisible by heads={self.heads}")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_queries + 1
+
+    def replace(self, **kw) -> "AbstractorConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpliceConfig:
+    """A spliced visual path (LLaVA, mPLUG-Owl; SEED_SYSTEMS.md §1.2, §3.3): each image contributes `n_tokens`
+    visual tokens that replace `n_tokens` copies of `image_token_id` in the prompt (`lav2_jax.model.splice`).
+
+    system: `llava` | `owl` (the visual encoder `lav2_jax.model.splice.visual_encoder` runs).
+    image_token_id: the placeholder id; it need not lie inside the vocabulary (it is never embedded).
+    feature_layer: Hugging Face `hidden_states` index of the vision tower that is read (0 = embeddings after
+      ln_pre, i = output of block i, −2 = the penultimate block; never post-layernormed). LLaVA only.
+    select: `patch` (drop CLS), `cls_patch` (keep it), `all` (every token; mPLUG-Owl).
+    projector: `linear` | `mlp2x_gelu` (Linear → exact GELU → Linear) for LLaVA; `none` for mPLUG-Owl.
+    n_tokens: visual tokens per image (checked against the vision tower by `check`).
+    max_images: image slots per sequence (`images` [B, max_images, H, W, 3]).
+    abstractor: mPLUG-Owl's visual abstractor (None for LLaVA).
+    image_aspect_ratio: host preprocessing, `square` (CLIP resize + centre crop) or `pad` (LLaVA-1.5: mean-colour
+      square pad first; `lav2_jax.data.images.expand_to_square`).
+    """
+
+    system: str = "llava"
+    image_token_id: int = 32000
+    feature_layer: int = -2
+    select: str = "patch"
+    projector: str = "mlp2x_gelu"
+    n_tokens: int = 576
+    max_images: int = 1
+    abstractor: Optional[AbstractorConfig] = None
+    image_aspect_ratio: str = "square"
+
+    def __post_init__(self):
+        if isinstance(self.abstractor, dict):  # from config.json
+            object.__setattr__(self, "abstractor", AbstractorConfig(**self.abstractor))
+        if self.system not in SYSTEMS or self.system == "lav2":
+            raise ValueError(f"SpliceConfig.system={self.system!r} not in {SYSTEMS[1:]}")
+        if self.select not in SPLICE_SELECTS:
+            raise ValueError(f"SpliceConfig.select={self.select!r} not in {SPLICE_SELECTS}")
+        if self.projector not in PROJECTORS:
+            raise ValueError(f"SpliceConfig.projector={self.projector!r} not in {PROJECTORS}")
+        if self.image_aspect_ratio not in ("square", "pad"):
+            raise ValueError(f"SpliceConfig.image_aspect_ratio={self.image_aspect_ratio!r} not in ('square', 'pad')")
+        if self.n_tokens < 1 or self.max_images < 1:
+            raise ValueError(f"SpliceConfig: n_tokens={self.n_tokens} and max_images={self.max_images} must be >= 1")
+
+    def check(self, vision: Optional[VisionConfig]) -> None:
+        """Validates against the vision tower: LLaVA's token count follows from the image size and `select`."""
+        if vision is None or self.system != "llava":
+            return
+        if not -(vision.layers + 1) <= self.feature_layer <= vision.layers:
+            raise ValueError(f"SpliceConfig.feature_layer={self.feature_layer} is outside the tower's "
+                             f"{vision.layers + 1} hidden states")
+        expected = vision.num_patches + (0 if self.select == "patch" else 1)
+        if self.n_tokens != expected:
+            raise ValueError(f"SpliceConfig.n_tokens={self.n_tokens} but a {vision.image_size}px tower with "
+                             f"select={self.select!r} gives {expected} tokens per image")
+
+    def replace(self, **kw) -> "SpliceConfig":
         return dataclasses.replace(self, **kw)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.config import AbstractorConfig, AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "llama1-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, norm_eps=1e-6),
@@ -47,12 +47,33 @@ ADAPTER_PRESETS: dict[str, AdapterConfig] = {
     "lora": AdapterConfig(linear_kind="none", norm_tuning=False, lora_rank=8, prompt_len=0, prompt_layers=0,
                           visual_fusion="none"),
     "none": AdapterConfig(linear_kind="none", norm_tuning=False, prompt_len=0, prompt_layers=0, visual_fusion="none"),
+    # mPLUG-Owl (SEED_SYSTEMS.md §3): the abstractor's 64 queries + vit_eos spliced in place at `<image>` (ids -1);
+    # `owl-lora` adds the released stage-2 LoRA (r 8, alpha 32, dropout 0.05 on wq/wv).
+    "owl": AdapterConfig(linear_kind="none", norm_tuning=False, prompt_len=0, prompt_layers=0, visual_fusion="none",
+                         splice=SpliceConfig(system="owl", image_token_id=-1, select="all", projector="none",
+                                             n_tokens=65, abstractor=AbstractorConfig())),
 }
+ADAPTER_PRESETS["owl-lora"] = ADAPTER_PRESETS["owl"].replace(lora_rank=8, lora_alpha=32.0, lora_dropout=0.05,
+                                                             lora_targets=("wq", "wv"))
+# LLaVA (SEED_SYSTEMS.md §1): CLIP layer −2 patch features through the projector, spliced at `<image>` (id 32000).
+# `llava` = v1 (224 px, 256 tokens, linear), `llava15` = 1.5 (336 px, 576 tokens, mlp2x_gelu, pad), `llava15-lora`
+# adds the 1.5 LoRA (r 128, alpha 256, dropout 0.05 on all seven linears).
+ADAPTER_PRESETS["llava"] = ADAPTER_PRESETS["none"].replace(
+    splice=SpliceConfig(system="llava", projector="linear", n_tokens=256))
+ADAPTER_PRESETS["llava15"] = ADAPTER_PRESETS["none"].replace(
+    splice=SpliceConfig(system="llava", projector="mlp2x_gelu", n_tokens=576, image_aspect_ratio="pad"))
+ADAPTER_PRESETS["llava15-lora"] = ADAPTER_PRESETS["llava15"].replace(lora_rank=128, lora_alpha=256.0,
+                                                                     lora_dropout=0.05)
 
 VISION_PRESETS: dict[str, VisionConfig] = {
     "vit-l-14": VisionConfig(image_size=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
     "vit-l-14-336": VisionConfig(image_size=336, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
+    "owl-vit-l-14": VisionConfig(image_size=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=1024,
+                                 layer_norm_eps=1e-6),  # mPLUG-Owl's vision model: no proj, eps 1e-6
     "vit-b-16": VisionConfig(image_size=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512),
+    # Hugging Face CLIPVisionModel towers (no projection) for LLaVA: openai/clip-vit-large-patch14(-336).
+    "clip-l-14-hf": VisionConfig(image_size=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=0),
+    "clip-l-14-336-hf": VisionConfig(image_size=336, patch_size=14, width=1024, layers=24, heads=16, output_dim=0),
     "tiny": VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, output_dim=24,
                          weight_dtype="float32", dtype="float32"),
 }

@@ -38,6 +38,15 @@ def hf_llama(config, seed: int = 0, tie: bool = False):
     return model
 
 
+def perturbed(model, scale: float, seed: int = 0):
+    """`model` in eval mode with every parameter moved by `scale` · N(0, 1) noise (nothing at its init value)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
 def hf_logits(model, tokens) -> np.ndarray:
     with torch.no_grad():
         return model(torch.as_tensor(np.array(tokens), dtype=torch.long)).logits.float().numpy()

@@ -95,7 +95,8 @@ def test_cli(tmp_path, models, capsys):
     inputs = write_official_inputs(str(tmp_path), CONFIG, *models)
     out = str(tmp_path / "out")
     assert cli_main(["convert", "official", "--llama-dir", inputs["llama_dir"], "--llama-type", "7B", "--adapter",
-                     inputs["adapter"], "--clip", inputs["clip"], "--v-num-heads", "4", "--out", out]) == 0
+                     inputs["adapter"], "--clip", inputs["clip"], "--v-num-heads", "4", "--clip-heads",
+                     str(VISION.heads), "--out", out]) == 0
     assert cli_main(["export", "official", "--ckpt", out, "--out", str(tmp_path / "e.pth")]) == 0
     back = torch.load(tmp_path / "e.pth", weights_only=True)
     assert set(back["model"]) == set(inputs["released"]["model"])

@@ -6,17 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from tests.train_utils import final_params, leaves, read_losses, run_train
+from tests.train_utils import final_params, leaves, read_losses, run_train, uninterrupted_run
 
 STEPS = ("--config.total_steps=12", "--config.checkpoint.every_steps=4", "--config.log.every_steps=1")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    work = str(tmp_path_factory.mktemp("uninterrupted"))
-    out = run_train(work, *STEPS)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return work
+    return uninterrupted_run(tmp_path_factory, "uninterrupted", *STEPS)
 
 
 def assert_same_run(work, reference):

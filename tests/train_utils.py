@@ -72,3 +72,11 @@ def read_losses(workdir: str, key: str) -> list[float]:
 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line)[key] for line in f]
+
+
+def uninterrupted_run(tmp_path_factory, name: str, *overrides: str) -> str:
+    """Workdir of one complete `lav2 train` run (the reference the resume and fault tests compare against)."""
+    work = str(tmp_path_factory.mktemp(name))
+    out = run_train(work, *overrides)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return work

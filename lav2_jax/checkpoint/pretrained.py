@@ -258,6 +258,9 @@ def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None, 
         config = config.replace(model=model.config)
     tok_dir = _tokenizer_dir(tok_paths)
     tokenizer = load_tokenizer(tok_dir) if tok_dir else None
+    if tokenizer is not None and model.adapter.splice is not None:  # `<image>` → the splice's placeholder ids
+        from lav2_jax.data.image_prompt import load_image_tokenizer
+        tokenizer = load_image_tokenizer(tok_dir, model.adapter.splice)
     return Bundle(model=model, params=params, tokenizer=tokenizer, config=config)
 
 

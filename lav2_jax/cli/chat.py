@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from lav2_jax.cli.generate import check_image_path, load_bundle, model_pixels
     from lav2_jax.cli.main import UserError
-    from lav2_jax.inference import PromptTooLong
+    from lav2_jax.inference import PromptError
     from lav2_jax.inference.chat import ChatSession
 
     if args.image is not None:
@@ -55,7 +55,7 @@ def run(args) -> int:
             for piece in session.ask_stream(message):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        except PromptTooLong as e:
+        except PromptError as e:
             sys.stdout.write("\n")
             raise UserError(str(e)) from None
         sys.stdout.write("\n")

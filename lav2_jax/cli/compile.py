@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="a `lav2 train` config file: compile its training step")
     p.add_argument("--model", default=None, help="model preset (lav2_jax.presets): compile a forward pass")
     p.add_argument("--adapter", default="none", help="adapter preset")
-    p.add_argument("--vision", default="vit-l-14", help="vision preset for visual adapters")
+    p.add_argument("--vision", default=None, help="vision preset for visual adapters (default vit-l-14; the "
+                   "system's tower for llava / owl presets, as in `lav2 info`)")
     p.add_argument("--topology", required=True, help="TPU topology name, e.g. v5e:2x4, v4:2x2x2, v5p:2x2x4")
     p.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes (one may be -1 = fill); default 1,-1,1 "
                    "or the config's mesh")
@@ -26,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", type=int, default=512, help="sequence length")
     p.add_argument("--weight-dtype", default=None, help="frozen weight dtype (default: the preset's, bfloat16)")
     p.add_argument("--remat", default=None, help="remat policy for the scanned layers")
+    p.add_argument("--accum-steps", type=int, default=None,
+                   help="with --config: gradient-accumulation micro-batches (overrides config.optim.accum_steps)")
+    p.add_argument("--attention", default=None, choices=("xla", "flash"),
+                   help="attention implementation (flash: the Pallas TPU splash kernel); default: the config's")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -54,7 +59,13 @@ def run(args) -> int:
     print(f"{out['what']} on {out['topology']} ({out['num_devices']} chips, mesh {out['mesh']})")
     for name in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "peak_bytes"):
         print(f"  {name.replace('_bytes', ''):<10} {out[name] / gib:10.3f} GiB per chip")
-    print(f"  xla flops  {out['xla_flops']:.3e} (scanned layer body counted once)")
+    if out["hbm_fraction"] is not None:
+        print(f"  hbm        {100 * out['hbm_fraction']:9.1f} % of a chip's HBM")
+    print(f"  flops      compiled {out['compiled_flops']:.3e} (whole program, every loop iteration), analytic "
+          f"{out['analytic_flops']:.3e} (6N: {out['flops_6n']:.3e}), ratio {out['flop_ratio']:.3f}")
+    if out["pallas_calls"]:
+        print(f"  ({out['pallas_calls']} Pallas kernel calls: their FLOPs are not in the compiled count)")
+    print(f"  xla flops  {out['xla_flops']:.3e} (XLA's cost analysis: a scanned body counted once)")
     return 0
 
 
@@ -64,6 +75,10 @@ def _train_step(args) -> dict:
 
     try:
         config = aot.load_config(args.config)
+        if args.attention:
+            config.model.attention = args.attention
+        if args.accum_steps:
+            config.optim.accum_steps = args.accum_steps
         m = config.mesh
         data, fsdp, tensor = _mesh_sizes(args.mesh) if args.mesh else (m.data, m.fsdp, m.tensor)
         mesh = aot.topology_mesh(args.topology, data, fsdp, tensor)
@@ -74,7 +89,14 @@ def _train_step(args) -> dict:
     report = aot.compile_report(args.topology, mesh, aot.compile_train_step(config, mesh))
     batches = {s.batch_key: int(config.batch[s.batch_key]) for s in recipe_streams(config.recipe)}
     what = f"{config.model.preset} + {config.model.adapter}: train step ({config.recipe}, batch {batches})"
-    return dict(report.as_dict(), program="train_step", what=what, config=args.config)
+    return _with_ratio(dict(report.as_dict(), program="train_step", what=what, config=args.config),
+                       aot.train_step_analytic(config))
+
+
+def _with_ratio(out: dict, analytic: dict) -> dict:
+    out.update(analytic_flops=analytic["analytic_flops"], flops_6n=analytic["flops_6n"],
+               flop_ratio=out["compiled_flops"] / analytic["analytic_flops"] if analytic["analytic_flops"] else None)
+    return out
 
 
 def _forward(args) -> dict:
@@ -86,9 +108,13 @@ def _forward(args) -> dict:
     try:
         config = presets.get_model(args.model)
         config = config.replace(**{k: v for k, v in (("weight_dtype", args.weight_dtype),
-                                                      ("remat_policy", args.remat)) if v})
+                                                      ("remat_policy", args.remat),
+                                                      ("attention", args.attention)) if v})
         adapter = presets.get_adapter(args.adapter)
-        vision = presets.get_vision(args.vision) if adapter.has_visual else None
+        from lav2_jax.cli.info import DEFAULT_VISION
+
+        vision_name = args.vision or DEFAULT_VISION.get(args.adapter, "vit-l-14")
+        vision = presets.get_vision(vision_name) if adapter.has_visual or adapter.splice is not None else None
         model = build_model(config, adapter, vision)
         mesh = aot.topology_mesh(args.topology, data, fsdp, tensor)
     except ValueError as e:
@@ -96,7 +122,10 @@ def _forward(args) -> dict:
     if args.batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise UserError(f"--batch {args.batch} does not divide over data×fsdp = "
                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
+    from lav2_jax.flops import analytic_forward_flops
+
     report = aot.compile_report(args.topology, mesh, aot.compile_forward(model, mesh, args.batch, args.seq))
     what = f"{args.model} + {args.adapter}: forward, batch {args.batch} × {args.seq} tokens"
-    return dict(report.as_dict(), program="forward", what=what, model=args.model, adapter=args.adapter,
-                batch=args.batch, seq=args.seq)
+    out = dict(report.as_dict(), program="forward", what=what, model=args.model, adapter=args.adapter,
+               batch=args.batch, seq=args.seq)
+    return _with_ratio(out, analytic_forward_flops(model, args.batch, args.seq))

@@ -1,10 +1,16 @@
-"""`lav2 convert meta|hf|clip|official|chat65b ...`: PyTorch weights → an orbax checkpoint.
+"""`lav2 convert meta|hf|clip|official|chat65b|mplug-owl|llava ...`: PyTorch weights → an orbax checkpoint.
 
   meta      --ckpt-dir D [--tokenizer T]                        Meta LLaMA (params.json, consolidated.NN.pth)
   hf        --hf-dir D                                          Hugging Face Llama directory
-  clip      --clip FILE|DIR [--heads N]                         OpenAI CLIP (state dict / TorchScript) or HF CLIP
+  clip      --clip FILE|DIR [--clip-heads N]                    OpenAI CLIP (state dict / TorchScript) or HF CLIP
   official  --llama-dir D --llama-type 7B --adapter F --clip F  released LLaMA-Adapter V2 multimodal file
+            [--clip-heads N]
   chat65b   --ckpt F [F ...] --params P --tokenizer T           released 65B chat checkpoint
+  mplug-owl --hf-dir D                                          released mPLUG-Owl (vision, abstractor, LLaMA)
+  llava     --hf-dir D [--clip C]                               LLaVA: llava-hf directory, or the original
+                                                                repo's (LLaMA + mm_projector) with its CLIP
+clip --layout owl writes mPLUG-Owl's vision layout (per-head q|k|v, eps 1e-6, no proj) to initialise its stage 1.
+CLIP heads: --clip-heads, else an HF directory's config, else width / 64 (an error when 64 does not divide it).
 All take --out OUT, --weight-dtype bfloat16|float32 (frozen weights; trainable ones stay float32), --overwrite.
 Every input problem is reported (file and key) before anything is written.
 """
@@ -35,14 +41,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-seq-len", type=int, default=None, help="default: max_position_embeddings")
     s = source("clip", "OpenAI CLIP weights (state dict or TorchScript archive) or a Hugging Face CLIP directory")
     s.add_argument("--clip", required=True)
-    s.add_argument("--heads", type=int, default=None, help="attention heads (default width / 64)")
+    s.add_argument("--clip-heads", "--heads", dest="heads", type=int, default=None,
+                   help="CLIP attention heads (default: the HF config's, else width / 64)")
+    s.add_argument("--layout", default="clip", choices=("clip", "owl"),
+                   help="clip: our CLIP tower; owl: mPLUG-Owl's vision model (default clip)")
     s = source("official", "released LLaMA-Adapter V2 file + base LLaMA + CLIP → multimodal checkpoint")
     s.add_argument("--llama-dir", required=True, help="holds tokenizer.model and <llama-type>/")
     s.add_argument("--llama-type", required=True, help="e.g. 7B, llama-2-7b")
     s.add_argument("--adapter", required=True, help="released adapter file (.pth)")
     s.add_argument("--clip", required=True, help="OpenAI CLIP ViT-L-14.pt (or a state dict / HF dir)")
     s.add_argument("--v-num-heads", type=int, default=16, help="heads of the connector blocks (release: 16)")
+    s.add_argument("--clip-heads", type=int, default=None,
+                   help="CLIP attention heads (default: the HF config's, else width / 64)")
     s.add_argument("--max-seq-len", type=int, default=512, help="context length (release: 512)")
+    s = source("mplug-owl", "released mPLUG-Owl directory (config.json, weights, tokenizer.model)")
+    s.add_argument("--hf-dir", required=True)
+    s.add_argument("--max-seq-len", type=int, default=None, help="default: text_config max_position_embeddings")
+    s = source("llava", "LLaVA: a Hugging Face llava-hf directory, or the original repo's (with --clip)")
+    s.add_argument("--hf-dir", required=True, help="config.json + weights (+ tokenizer files)")
+    s.add_argument("--clip", default=None, help="original layout only: the CLIP tower it names (HF dir or file)")
+    s.add_argument("--clip-heads", type=int, default=None,
+                   help="CLIP attention heads (default: the HF config's, else width / 64)")
+    s.add_argument("--max-seq-len", type=int, default=None, help="default: max_position_embeddings")
     s = source("chat65b", "released 65B chat checkpoint (full state dict under 'model')")
     s.add_argument("--ckpt", required=True, nargs="+", help="file, or model-parallel shards in order")
     s.add_argument("--params", required=True, help="params.json")
@@ -69,12 +89,23 @@ def _convert(args) -> str:
     if args.source == "hf":
         from lav2_jax.checkpoint.convert.hf import convert_hf
         return convert_hf(args.hf_dir, args.out, max_seq_len=args.max_seq_len, **common)
+    if args.source == "clip" and getattr(args, "layout", "clip") == "owl":
+        from lav2_jax.checkpoint.convert.owl import convert_clip_owl
+        return convert_clip_owl(args.clip, args.out, heads=args.heads, **common)
+    if args.source == "mplug-owl":
+        from lav2_jax.checkpoint.convert.owl import convert_mplug_owl
+        return convert_mplug_owl(args.hf_dir, args.out, max_seq_len=args.max_seq_len, **common)
+    if args.source == "llava":
+        from lav2_jax.checkpoint.convert.llava import convert_llava
+        return convert_llava(args.hf_dir, args.out, clip=args.clip, clip_heads=args.clip_heads,
+                             max_seq_len=args.max_seq_len, **common)
     if args.source == "clip":
         from lav2_jax.checkpoint.convert.clip import convert_clip
         return convert_clip(args.clip, args.out, heads=args.heads, **common)
     if args.source == "official":
         from lav2_jax.checkpoint.convert.official import convert_official
         return convert_official(args.llama_dir, args.llama_type, args.adapter, args.clip, args.out,
-                                v_num_heads=args.v_num_heads, max_seq_len=args.max_seq_len, **common)
+                                v_num_heads=args.v_num_heads, clip_heads=args.clip_heads,
+                                max_seq_len=args.max_seq_len, **common)
     from lav2_jax.checkpoint.convert.chat65b import convert_chat65b
     return convert_chat65b(args.ckpt, args.params, args.tokenizer, args.out, max_seq_len=args.max_seq_len, **common)

@@ -5,6 +5,7 @@ Examples::
     lav2 data build --kind instruction --src alpaca_data.json --out data/alpaca
     lav2 data build --kind conversation --src llava_instruct_150k.json --image-root coco/train2014 --out data/llava
     lav2 data build --kind caption --src cc_pairs.tsv --out data/cc --strict
+    lav2 data build --kind owl --src owl_instruct.jsonl --image-root images --out data/owl
     lav2 data build --kind caption --src annotations/captions_train2014.json --image-root coco \\
         --karpathy dataset_coco.json --karpathy-splits train,restval --out data/coco_train
     lav2 data build --kind caption --src tfds:coco_captions --tfds-data-dir ~/tensorflow_datasets --out data/coco
@@ -21,7 +22,7 @@ import os
 
 from lav2_jax.cli.main import UserError
 
-KINDS = ("instruction", "conversation", "caption")
+KINDS = ("instruction", "conversation", "caption", "owl")  # owl: mPLUG-Owl jsonl, stored as conversations
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +73,11 @@ def _sources(args: argparse.Namespace):
     from lav2_jax.data.builder import Source
 
     root = (("image_root", args.image_root),) if args.image_root else ()
+    if args.kind == "owl":
+        files = _expand(args.src, ("*.json", "*.jsonl"))
+        if any(f.startswith("tfds:") for f in files):
+            raise UserError("TFDS catalog sources are for --kind caption")
+        return [Source("owl", f, root) for f in files]
     if args.kind in ("instruction", "conversation"):
         files = _expand(args.src, ("*.json", "*.jsonl"))
         for f in files:
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     try:
-        report = builder.build(args.kind, srcs, args.out, strict=args.strict, workers=args.workers,
+        report = builder.build("conversation" if args.kind == "owl" else args.kind, srcs, args.out, strict=args.strict, workers=args.workers,
                                tokenizer=args.tokenizer, max_len=args.max_len, split=args.split,
                                overwrite=args.overwrite, progress=not args.quiet)
     except builder.StrictError as e:

@@ -10,7 +10,8 @@ lets the text appear token by token; batch runs use the single jitted prefill + 
 
 `--expert caption|ocr` (paper §4.4): the expert reads the image and its text becomes the prompt's Input field
 (`lav2_jax.inference.experts`); the model itself still sees the image when it has a vision tower.
-User mistakes (missing checkpoint or image, a prompt longer than the context, an image for a text-only model, a
+User mistakes (missing checkpoint or image, an empty or non-UTF-8 prompt, a prompt longer than the context, an
+image for a text-only model, a
 missing OCR engine) end with one line on stderr and exit status 2.
 """
 
@@ -26,7 +27,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with `lav2 chat`."""
     p.add_argument("--ckpt", required=True, help="checkpoint directory (save_pretrained / lav2 convert)")
     p.add_argument("--image", default=None, help="image file (for models with a vision tower, or an --expert)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="tokens to generate at most; capped at the context left after the prompt (max_seq_len)")
     p.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, the release's)")
     p.add_argument("--top-p", type=float, default=0.75, help="the release's top-p rule (DESIGN.md §3)")
     p.add_argument("--seed", type=int, default=0)
@@ -57,9 +59,15 @@ def load_bundle(args):
     # Load in the layout generate() decodes with, so it never makes a second, unstacked copy of the weights.
     layout = "unstacked" if decodes_unstacked() else "scanned"
     try:
-        return load_pretrained(args.ckpt, dtype=args.dtype, layout=layout)
+        bundle = load_pretrained(args.ckpt, dtype=args.dtype, layout=layout)
     except (ValueError, OSError) as e:
         raise UserError(f"cannot load checkpoint {args.ckpt}: {e}") from None
+    if bundle.tokenizer is None:
+        raise UserError(f"checkpoint {args.ckpt} has no tokenizer: neither {os.path.join(args.ckpt, 'tokenizer')}/ "
+                        "nor its base checkpoint's exists; copy the model's tokenizer.model (or a Hugging Face "
+                        f"tokenizer.json folder) to {os.path.join(args.ckpt, 'tokenizer')}/ (`lav2 export trained` "
+                        "copies the run's --config.data.tokenizer there)")
+    return bundle
 
 
 def check_image_path(path: str, where: str = "") -> str:
@@ -105,8 +113,12 @@ class _Composer:
                 raise UserError(str(e)) from None
 
     def __call__(self, prompt: str, input_text, image, where: str = ""):
-        from lav2_jax import templates
+        from lav2_jax import system_templates
         from lav2_jax.cli.main import UserError
+
+        check_text(prompt, "prompt", where)
+        if input_text:
+            check_text(input_text, "input", where)
 
         if self.expert is not None:
             if image is None:
@@ -120,8 +132,22 @@ class _Composer:
                 raise UserError(f"{where}{e}") from None
             pixels = model_pixels(self.bundle, image, where) if self.bundle.model.vision is not None else None
             return text, pixels
-        text = prompt if self.raw else templates.alpaca(prompt, input_text)
+        text = prompt if self.raw else system_templates.instruction_prompt(  # Alpaca; mPLUG-Owl: Human/AI
+            self.bundle.model.adapter, prompt, input_text, image is not None)
         return text, None if image is None else model_pixels(self.bundle, image, where)
+
+
+def check_text(text: str, what: str, where: str = "") -> None:
+    """UserError for an empty prompt, or text with bytes that are not UTF-8 (argv decodes them to surrogates)."""
+    from lav2_jax.cli.main import UserError
+
+    if not text.strip():
+        raise UserError(f"{where}the {what} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}the {what} is not valid UTF-8 text (an undecodable byte at character "
+                        f"{e.start + 1})") from None
 
 
 def _sampling(args) -> dict:
@@ -134,8 +160,12 @@ def _read_batch_file(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise UserError(f"batch file not found: {path}")
     rows, base = [], os.path.dirname(os.path.abspath(path))
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{n}: not UTF-8 (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -152,7 +182,7 @@ def _read_batch_file(path: str) -> list[dict]:
 
 
 def _run_batch(bundle, args, compose) -> int:
-    from lav2_jax.inference import PromptTooLong, generate
+    from lav2_jax.inference import PromptError, generate
 
     from lav2_jax.cli.main import UserError
 
@@ -166,7 +196,7 @@ def _run_batch(bundle, args, compose) -> int:
             try:
                 result = generate(bundle, [text for text, _ in composed],
                                   images=images if any(p is not None for p in images) else None, **_sampling(args))
-            except PromptTooLong as e:
+            except PromptError as e:
                 raise UserError(f"{args.batch_file}: rows {start + 1}-{start + len(chunk)}: {e}") from None
             for r, text in zip(chunk, result.texts):
                 out.write(json.dumps({"prompt": r["prompt"], "output": text}, ensure_ascii=False) + "\n")
@@ -179,7 +209,7 @@ def _run_batch(bundle, args, compose) -> int:
 
 def run(args) -> int:
     from lav2_jax.cli.main import UserError
-    from lav2_jax.inference import PromptTooLong
+    from lav2_jax.inference import PromptError
     from lav2_jax.inference.streaming import stream_text
 
     if args.max_new_tokens < 0:
@@ -197,7 +227,7 @@ def run(args) -> int:
         for piece in stream_text(bundle, prompt, pixels, **_sampling(args)):
             sys.stdout.write(piece)
             sys.stdout.flush()
-    except PromptTooLong as e:
+    except PromptError as e:
         raise UserError(str(e)) from None
     sys.stdout.write("\n")
     return 0

@@ -1,7 +1,7 @@
-"""`lav2 info --model NAME --adapter NAME [--vision NAME] [--recipe R ...] [--json]`.
+"""`lav2 info --model NAME --adapter NAME [--vision NAME] [--recipe R ...] [--json]`, or `--system S`.
 
-Prints parameter counts of a preset combination — total, the frozen LLaMA base, the frozen CLIP tower (visual
-adapters), what the adapter adds, the adapter total
+Prints parameter counts of a preset combination — total, the frozen LLaMA base, the vision tower (CLIP for
+visual adapters, mPLUG-Owl's ViT for `owl` / `owl-lora`), what the adapter adds, the adapter total
 (every parameter some recipe trains: what an adapter checkpoint holds) and, per training recipe, the trainable count
 of each group. Shapes come from `jax.eval_shape`, so even 65B/70B answer in seconds with no weights allocated.
 """
@@ -16,7 +16,16 @@ DEFAULT_RECIPES = {
     "release-bias": ("release-pretrain", "release-finetune"),
     "release-lora-bias": ("release-pretrain", "release-finetune"),
     "chat65b": ("chat65b",),
+    "owl": ("owl-stage1",),
+    "owl-lora": ("owl-stage2", "owl-stage2-abstractor"),
+    "llava": ("llava-stage1", "llava-stage2"),
+    "llava15": ("llava-stage1", "llava-stage2"),
+    "llava15-lora": ("llava-lora",),
 }
+DEFAULT_VISION = {"owl": "owl-vit-l-14", "owl-lora": "owl-vit-l-14", "llava": "clip-l-14-hf",
+                  "llava15": "clip-l-14-336-hf", "llava15-lora": "clip-l-14-336-hf"}
+# `--system S`: every recipe of a system, each counted on the adapter preset it trains.
+SYSTEM_ADAPTERS = {"llava": ("llava",), "llava15": ("llava15", "llava15-lora"), "owl": ("owl", "owl-lora")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "chat65b, lora, none")
     p.add_argument("--vision", default=None, help="vision preset for visual adapters (default vit-l-14)")
     p.add_argument("--recipe", action="append", default=None, help="training recipe(s) to count groups for")
+    p.add_argument("--system", default=None, choices=sorted(SYSTEM_ADAPTERS),
+                   help="count every recipe of a system on its own adapter preset (e.g. llava15: llava-stage1/2 "
+                   "on llava15, llava-lora on llava15-lora); replaces --adapter")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -38,16 +50,17 @@ def param_report(model_name: str, adapter_name: str, vision_name: str | None = N
     config = presets.get_model(model_name)
     adapter = presets.get_adapter(adapter_name)
     vision = None
-    if adapter.has_visual:
-        vision = presets.get_vision(vision_name or "vit-l-14")
+    vision_name = vision_name or DEFAULT_VISION.get(adapter_name, "vit-l-14")
+    if adapter.has_visual or adapter.splice is not None:
+        vision = presets.get_vision(vision_name)
     shapes = abstract_params(build_model(config, adapter, vision))
     base = abstract_params(build_model(config, presets.get_adapter("none"), None))
     recipes = tuple(recipes or DEFAULT_RECIPES.get(adapter_name, ("all-adapters",)))
     total = pg.count(shapes)["total"]
     base_llama = pg.count(base)["total"]
-    clip = pg.count(shapes["clip"])["total"] if "clip" in shapes else 0
+    clip = sum(pg.count(shapes[k])["total"] for k in ("clip", "owl_vision") if k in shapes)
     report = {
-        "model": model_name, "adapter": adapter_name, "vision": (vision_name or "vit-l-14") if vision else None,
+        "model": model_name, "adapter": adapter_name, "vision": vision_name if vision else None,
         "total": total,
         "base_llama": base_llama,
         "clip": clip,
@@ -58,11 +71,23 @@ def param_report(model_name: str, adapter_name: str, vision_name: str | None = N
     return report
 
 
+def system_report(model_name: str, system: str, vision_name: str | None = None) -> dict:
+    """`param_report` of the system's first adapter preset, with the recipes of all its presets."""
+    reports = [param_report(model_name, a, vision_name) for a in SYSTEM_ADAPTERS[system]]
+    report = dict(reports[0], adapter=" / ".join(SYSTEM_ADAPTERS[system]), system=system)
+    report["recipes"] = {f"{r} ({rep['adapter']})": counts for rep in reports for r, counts in rep["recipes"].items()}
+    return report
+
+
 def run(args) -> int:
     from lav2_jax.cli.main import UserError
 
     try:
-        report = param_report(args.model, args.adapter, args.vision, tuple(args.recipe) if args.recipe else None)
+        if getattr(args, "system", None):
+            report = system_report(args.model, args.system, args.vision)
+        else:
+            report = param_report(args.model, args.adapter, args.vision,
+                                  tuple(args.recipe) if args.recipe else None)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.json:
@@ -70,7 +95,7 @@ def run(args) -> int:
         return 0
     print(f"model {report['model']}  adapter {report['adapter']}  vision {report['vision'] or '-'}")
     rows = [("total parameters", report["total"]), ("frozen LLaMA base", report["base_llama"]),
-            ("frozen CLIP tower", report["clip"]), ("added by the adapter", report["added_by_adapter"]),
+            ("vision tower (CLIP / Owl ViT)", report["clip"]), ("added by the adapter", report["added_by_adapter"]),
             ("adapter total (trained by some recipe)", report["adapter_total"])]
     for recipe, counts in report["recipes"].items():
         for group in ("caption", "instruction", "frozen"):

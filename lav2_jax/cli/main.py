@@ -16,6 +16,7 @@ from lav2_jax.cli.errors import UserError  # noqa: F401  (re-exported: subcomman
 # (subcommand, module, one-line help) — the module's add_arguments() defines the arguments.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("info", "lav2_jax.cli.info", "parameter counts of a model/adapter preset (no weights allocated)"),
+    ("demo", "lav2_jax.cli.demo", "the method end to end on embedded data: priors, joint training, eval, report"),
     ("convert", "lav2_jax.cli.convert", "PyTorch weights (meta, hf, clip, official, chat65b) → orbax checkpoint"),
     ("export", "lav2_jax.cli.export", "checkpoint → released adapter file (official) or a plain HF Llama dir (hf)"),
     ("compile", "lav2_jax.cli.compile", "ahead-of-time compile for a TPU topology; per-chip memory"),
@@ -23,6 +24,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("data", "lav2_jax.cli.data", "build TFDS array_record datasets from instruction, conversation or caption data"),
     ("generate", "lav2_jax.cli.generate", "generate text for a prompt (optionally an image), streaming; batch files"),
     ("chat", "lav2_jax.cli.chat", "multi-turn chat with a checkpoint (optionally about an image)"),
+    ("serve", "lav2_jax.cli.serve", "OpenAI-compatible HTTP API with request batching, and a chat page"),
+    ("eval", "lav2_jax.cli.eval", "benchmarks: COCO captions, MME, ScienceQA, held-out loss (resumable)"),
 )
 
 

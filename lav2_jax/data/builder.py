@@ -30,6 +30,7 @@ import numpy as np
 
 from lav2_jax.data import images, samples, sources
 from lav2_jax.data.samples import KINDS
+from lav2_jax.data import owl_sources
 
 REPORT_FILE = "build_report.json"
 
@@ -53,6 +54,7 @@ PARSERS: dict[str, Callable[..., Iterator[sources.Item]]] = {
     "tsv": sources.tsv_caption_records,
     "coco": sources.coco_caption_records,
     "tfds_coco": sources.tfds_coco_caption_records,
+    "owl": owl_sources.owl_records,  # mPLUG-Owl `text` + `image` list → conversation records
 }
 
 
@@ -91,7 +93,7 @@ def features(kind: str):
         spec.update(instruction=text, input=text, output=text)
     elif kind == "conversation":
         spec.update(roles=strings, values=strings, system=text, image=encoded,
-                    has_image=tfds.features.Scalar(dtype=np.bool_))
+                    has_image=tfds.features.Scalar(dtype=np.bool_), image_turn=tfds.features.Scalar(dtype=np.int32))
     elif kind == "caption":
         spec.update(captions=strings, image=encoded)
     else:

@@ -8,6 +8,8 @@ Implements DESIGN.md §1.3 "Preprocessing":
   `numpy.random.Generator`, then the same scaling and normalisation.
 
 Output of `preprocess` / `augment`: float32 `[size, size, 3]`, channels in `channel_order`.
+`aspect_ratio` (LLaVA's `image_aspect_ratio`): `square` as above; `pad` first pastes the image centred on a square
+canvas of its longer side filled with the mean colour `int(255·mean)` = (122, 116, 104) (`expand_to_square`).
 
 Channel order. The released checkpoints saw images read by OpenCV and never converted, i.e. BGR pixels fed to
 a normalisation whose mean/std are listed in RGB order (§1.3). `channel_order="bgr"` reproduces exactly that:
@@ -52,6 +54,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CHANNEL_ORDERS = ("rgb", "bgr")
 TRAIN_SCALE = (0.9, 1.0)
 TRAIN_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+ASPECT_RATIOS = ("square", "pad")
+PAD_FILL = tuple(int(255 * m) for m in CLIP_MEAN)  # (122, 116, 104): LLaVA-1.5's `pad` background
 
 ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
 
@@ -196,18 +200,38 @@ def normalize(rgb_uint8: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
+def expand_to_square(img: Image.Image, fill: tuple[int, int, int] = PAD_FILL) -> Image.Image:
+    """LLaVA-1.5's `image_aspect_ratio="pad"`: the image centred on a square canvas of its longer side filled
+    with `fill` (offset `(long - short) // 2`); square images are returned as they are."""
+    w, h = img.size
+    if w == h:
+        return img
+    canvas = Image.new(img.mode, (max(w, h),) * 2, fill)
+    canvas.paste(img, (0, (w - h) // 2) if w > h else ((h - w) // 2, 0))
+    return canvas
+
+
+def _aspect(img: Image.Image, aspect_ratio: str) -> Image.Image:
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise ValueError(f"image_aspect_ratio must be one of {ASPECT_RATIOS}, got {aspect_ratio!r}")
+    return expand_to_square(img) if aspect_ratio == "pad" else img
+
+
 def preprocess(src: ImageSource | Image.Image, size: int = 224, channel_order: str = "rgb", *,
-               name: str | None = None) -> np.ndarray:
-    """Evaluation preprocessing: decode → resize short side → center crop → normalise. float32 `[size, size, 3]`."""
-    img = src if isinstance(src, Image.Image) else decode(src, name=name)
+               name: str | None = None, aspect_ratio: str = "square") -> np.ndarray:
+    """Evaluation preprocessing: decode → resize short side → center crop → normalise. float32 `[size, size, 3]`.
+
+    `aspect_ratio="pad"` first pads to a square with the mean colour (`expand_to_square`, LLaVA-1.5); `square`
+    (default) does not.
+    """
+    img = _aspect(src if isinstance(src, Image.Image) else decode(src, name=name), aspect_ratio)
     return normalize(np.asarray(resize_center_crop(img, size)), channel_order)
 
 
 def augment(src: ImageSource | Image.Image, rng: np.random.Generator, size: int = 224, channel_order: str = "rgb",
-            *, name: str | None = None) -> np.ndarray:
-    """Training preprocessing: decode → RandomResizedCrop(scale 0.9–1, ratio 3/4–4/3) → normalise.
-
-    float32 `[size, size, 3]`; deterministic given the state of `rng`.
+            *, name: str | None = None, aspect_ratio: str = "square") -> np.ndarray:
+    """Training preprocessing: decode → (`pad`: expand_to_square) → RandomResizedCrop(scale 0.9–1, ratio 3/4–4/3)
+    → normalise. float32 `[size, size, 3]`; deterministic given the state of `rng`.
     """
-    img = src if isinstance(src, Image.Image) else decode(src, name=name)
+    img = _aspect(src if isinstance(src, Image.Image) else decode(src, name=name), aspect_ratio)
     return normalize(np.asarray(random_resized_crop(img, size, rng)), channel_order)

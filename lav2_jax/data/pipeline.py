@@ -14,10 +14,20 @@ key             dtype [shape]      meaning
 ``has_image``   bool [B]           whether the sample has an image (all False for instruction data)
 ==============  =================  ==========================================================================
 
+With `packing=True` several samples share a row, and the batch adds ``segment_ids`` and ``positions`` (per-segment
+images for image streams): see `lav2_jax.data.packing`; `steps_per_epoch` then over-counts the batches of an epoch.
+
 ``T`` is the smallest of `config.buckets` (default: powers of two from 64 below `max_len`, then `max_len`)
 holding the longest sample of the batch, so a run compiles at most ``len(buckets)`` train-step shapes.
 Samples are truncated to `max_len`; one that keeps no answer token is dropped and counted
 (`PipelineIterator.dropped`, see its docstring for when a drop is counted). The rules live in `lav2_jax.data.samples`; templates in `lav2_jax.templates`.
+
+LLaVA (`PipelineConfig.template` set, `lav2_jax.data.llava_samples`): a conversation template of
+`lav2_jax.conversation_templates`; each image is `image_tokens` placeholder ids in ``tokens`` (so `max_len` and the
+buckets count them: the sequence grows by the image's token count), never in the loss; ``has_image`` says whether
+the row holds placeholders; images are the CLIP preprocessing without augmentation, `square` or `pad`.
+mPLUG-Owl (`template="owl"`, `lav2_jax.data.owl_samples`): the same contract with Owl's template, its Q + 1
+placeholder ids per image and its image processing (training crop + flip, evaluation resize).
 
 Order of operations (grain dataset API)::
 
@@ -46,7 +56,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from lav2_jax.data import images, samples
+from lav2_jax.data import images, llava_samples, samples
 from lav2_jax.data.tokenizer import PAD_ID, Tokenizer
 
 DROPPED_KEY = "_n_dropped"
@@ -81,6 +91,16 @@ class PipelineConfig:
     shard_index: int | None = None
     shard_count: int | None = None
     drop_remainder: bool = True
+    packing: bool = False  # several samples per row (`lav2_jax.data.packing`)
+    max_segments: int = 8  # packing: samples (image slots) per row of an image stream
+    # LLaVA (`lav2_jax.data.llava_samples`): a conversation template of `lav2_jax.conversation_templates` ("" =
+    # LLaMA-Adapter's templates), the visual tokens one image adds to the sequence (its placeholder ids are part of
+    # `max_len`), the placeholder id, `image_aspect` square | pad, and whether training augments images (LLaVA: no).
+    template: str = ""
+    image_tokens: int = 0
+    image_token_id: int = 32000
+    image_aspect: str = "square"
+    augment: bool = True
 
     def resolved_buckets(self) -> tuple[int, ...]:
         buckets = tuple(sorted(self.buckets)) if self.buckets else default_buckets(self.max_len)
@@ -110,17 +130,36 @@ class _Encode(grain.transforms.RandomMap):
         cfg = self.config
         n_captions = len(record["captions"]) if "captions" in record else 1
         pick = int(rng.integers(n_captions)) if cfg.train else 0
-        out = samples.tokenize(self.tok, samples.record_segments(record, pick), cfg.max_len)
+        has_image = bool(record.get("has_image", "captions" in record))
+        if cfg.template == "owl":  # mPLUG-Owl (`lav2_jax.data.owl_samples`)
+            from lav2_jax.data import owl_samples
+
+            out = owl_samples.tokenize_record(self.tok, record, pick, cfg.max_len, cfg.image_tokens,
+                                              cfg.image_token_id)
+            has_image = out is not None and bool((out.tokens == cfg.image_token_id).any())
+        elif cfg.template:
+            out = llava_samples.tokenize_record(self.tok, record, cfg.template, pick, cfg.max_len, cfg.image_tokens,
+                                                cfg.image_token_id)
+            has_image = out is not None and bool((out.tokens == cfg.image_token_id).any())
+        else:
+            out = samples.tokenize(self.tok, samples.record_segments(record, pick), cfg.max_len)
         if out is None:
             return {"dropped": True}
         sample: dict[str, Any] = {"tokens": out.tokens, "targets": out.targets, "loss_mask": out.loss_mask}
-        has_image = bool(record.get("has_image", "captions" in record))
         sample["has_image"] = has_image
         if self.with_images:
             size = cfg.image_size
             if has_image:
                 name = f"{record['source'].decode()}: image" if isinstance(record.get("source"), bytes) else None
-                if cfg.train:
+                if cfg.template == "owl":
+                    from lav2_jax.data import owl_samples
+
+                    sample["image"] = owl_samples.preprocess_image(record["image"], size, rng if cfg.train else None,
+                                                                   cfg.channel_order, name=name)
+                elif cfg.template:
+                    sample["image"] = llava_samples.preprocess_image(record["image"], size, cfg.image_aspect,
+                                                                     cfg.channel_order, name=name)
+                elif cfg.train and cfg.augment:
                     sample["image"] = images.augment(record["image"], rng, size, cfg.channel_order, name=name)
                 else:
                     sample["image"] = images.preprocess(record["image"], size, cfg.channel_order, name=name)
@@ -225,8 +264,15 @@ class Pipeline:
         ds = ds.random_map(_Encode(tokenizer, config, self.with_images), seed=config.seed)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                   prefetch_buffer_size=config.read_buffer))
-        it = _DropCounting(it, per_shard).batch(config.batch_size, drop_remainder=config.drop_remainder,
-                                     batch_fn=_PadToBucket(config.resolved_buckets(), self.with_images))
+        if config.packing:
+            from lav2_jax.data.packing import PackedBatches
+
+            it = PackedBatches(_DropCounting(it, per_shard), config.batch_size, config.max_len,
+                               config.resolved_buckets(), self.with_images, config.max_segments,
+                               config.drop_remainder)
+        else:
+            it = _DropCounting(it, per_shard).batch(config.batch_size, drop_remainder=config.drop_remainder,
+                                                    batch_fn=_PadToBucket(config.resolved_buckets(), self.with_images))
         if config.worker_count > 0:
             from absl import flags
 
@@ -273,7 +319,7 @@ class PipelineIterator:
                 self.dropped = self._total - self.rows
             raise
         self.dropped += int(batch.pop(DROPPED_KEY))
-        self.rows += len(batch["tokens"])
+        self.rows += int(batch.pop("_n_samples", len(batch["tokens"])))  # packed batches count their samples
         return batch
 
     def get_state(self) -> dict[str, Any]:

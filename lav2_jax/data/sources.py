@@ -9,7 +9,9 @@ Canonical records (the TFDS features written by `lav2_jax.data.builder`):
 * instruction (Alpaca / GPT-4-LLM JSON or JSONL: `instruction`, `input` (optional), `output`):
   ``{"instruction": str, "input": str, "output": str}``
 * conversation (ShareGPT / LLaVA: ``conversations: [{from, value}, ...]``, optional `image` path):
-  ``{"roles": [str], "values": [str], "system": str}`` plus ``"_image": path`` when the sample has one. Roles
+  ``{"roles": [str], "values": [str], "system": str, "image_turn": int}`` plus ``"_image": path`` when the sample
+  has one; `image_turn` is the index (into roles/values) of the first turn that held ``<image>`` (-1: none; LLaVA's
+  templates put the image at the front of that turn, `lav2_jax.conversation_templates`). Roles
   `human`/`user` → "human", `gpt`/`assistant`/`chatgpt` → "assistant", a leading `system` turn replaces the chat
   system prompt (``""`` = default); any other role is skipped with a counted reason. The ``<image>`` placeholder
   is removed and the turn stripped. A trailing human turn (no answer) is dropped; turns must alternate starting
@@ -28,6 +30,7 @@ import collections
 import csv
 import json
 import os
+import re
 from typing import Any, Iterable, Iterator, NamedTuple
 
 R_JSON = "malformed JSON"
@@ -41,6 +44,7 @@ R_REMOTE = "remote image URL (not downloaded)"
 R_TSV_ROW = "malformed TSV row"
 R_NO_CAPTION = "image without caption"
 R_TOO_LONG = "too long (no answer token within max_len)"
+R_UTF8 = "invalid UTF-8"
 
 HUMAN_ROLES = ("human", "user")
 ASSISTANT_ROLES = ("gpt", "assistant", "chatgpt")
@@ -74,9 +78,9 @@ class SourceError(ValueError):
 Item = tuple[str, "dict[str, Any] | Skip"]
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, errors: str = "strict") -> str:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors=errors) as f:
             return f.read()
     except FileNotFoundError:
         raise SourceError(f"{path}: no such file") from None
@@ -87,22 +91,32 @@ def _read_text(path: str) -> str:
 
 
 def iter_json_objects(path: str) -> Iterator[tuple[str, Any]]:
-    """Elements of a JSON array file, or lines of a JSONL file, as `(file:line, value | Skip)`.
+    """Elements of a JSON array file, or lines of a JSONL file (`*.jsonl`, or text not starting with `[`), as
+    `(file:line, value | Skip)`.
 
-    A JSONL line that does not parse is one `Skip(R_JSON)`. In a JSON array a syntax error makes the rest of the
-    file unreadable: one `Skip(R_JSON)` at the error's line, and parsing stops.
+    A JSONL line that does not parse is one `Skip(R_JSON)`, one that is not UTF-8 one `Skip(R_UTF8)`. In a JSON
+    array a syntax error makes the rest of the file unreadable: one `Skip(R_JSON)` at the error's line, and parsing
+    stops; invalid UTF-8 in an array is a `SourceError` (the whole document is unreadable).
     """
-    text = _read_text(path)
+    text = _read_text(path, errors="surrogateescape")  # undecodable bytes become lone surrogates U+DC80..U+DCFF
     start = len(text) - len(text.lstrip())
-    if text[start:start + 1] != "[":
+    if text[start:start + 1] != "[" or path.lower().endswith(".jsonl"):  # a .jsonl file is lines, whatever comes first
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
+                continue
+            bad = _first_bad_byte(line)
+            if bad is not None:
+                yield f"{path}:{lineno}", Skip(R_UTF8, f"byte 0x{ord(line[bad]) - 0xDC00:02x} at column {bad + 1}")
                 continue
             try:
                 yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 yield f"{path}:{lineno}", Skip(R_JSON, e.msg)
+            except RecursionError:
+                yield f"{path}:{lineno}", Skip(R_JSON, "nested too deeply")
         return
+    if _first_bad_byte(text) is not None:
+        _read_text(path)  # raises the SourceError naming the byte
     decoder = json.JSONDecoder()
     pos, line, counted, previous, k = start + 1, 1, 0, 0, 0
     while True:
@@ -120,8 +134,20 @@ def iter_json_objects(path: str) -> Iterator[tuple[str, Any]]:
         except json.JSONDecodeError as e:
             yield f"{path}:{text.count(chr(10), 0, e.pos) + 1}", Skip(R_JSON, f"{e.msg}; rest of file unreadable")
             return
+        except RecursionError:
+            yield f"{path}:{line}", Skip(R_JSON, "nested too deeply; rest of file unreadable")
+            return
         yield (f"{path}:{line}" if line != previous else f"{path}:{line} element {k}"), value
         pos, previous, k = end, line, k + 1
+
+
+def _first_bad_byte(text: str):
+    """Index of the first undecodable byte (a lone surrogate from `surrogateescape`), or None."""
+    m = _BAD_BYTE.search(text)
+    return m.start() if m else None
+
+
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def _string_field(obj: dict, field: str, required: bool = True) -> str:
@@ -176,13 +202,15 @@ def _conversation(obj: dict, image_root: str) -> dict:
         raise _SkipSignal(Skip(r_missing("conversations")))
     if not isinstance(turns, list):
         raise _SkipSignal(Skip("conversations is not a list"))
-    roles, values, system = [], [], ""
+    roles, values, system, image_turn = [], [], "", -1
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise _SkipSignal(Skip(R_NOT_OBJECT, f"turn {i}"))
         role, value = _string_field(turn, "from"), _string_field(turn, "value")
         if "<image>" in value:
             value = value.replace("<image>", "").strip()
+            if image_turn < 0 and role != "system":
+                image_turn = len(roles)
         if role == "system" and i == 0:
             system = value
             continue
@@ -206,6 +234,7 @@ def _conversation(obj: dict, image_root: str) -> dict:
     image = _string_field(obj, "image", required=False)
     if image:
         rec["_image"] = os.path.join(image_root, image)
+    rec["image_turn"] = image_turn if image and image_turn < len(roles) else -1
     return rec
 
 

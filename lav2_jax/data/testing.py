@@ -24,16 +24,21 @@ _CORPUS = (
 )
 
 
-def train_sentencepiece(path: str, extra: Iterable[str] = (), vocab_size: int = 400) -> str:
-    """Train a LLaMA-like sentencepiece BPE (BOS 1, EOS 2, unk 0, byte fallback, identity normaliser) at `path`."""
+def train_sentencepiece(path: str, extra: Iterable[str] = (), vocab_size: int = 400,
+                        byte_fallback: bool = True) -> str:
+    """Train a LLaMA-like sentencepiece BPE (BOS 1, EOS 2, unk 0, byte fallback, identity normaliser) at `path`.
+
+    `byte_fallback=False` (unknown characters → unk) gives exactly `vocab_size` pieces, also below the 259 that
+    byte fallback needs: a tokenizer for a model of any vocabulary size (`lav2_jax.train.export`)."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(_CORPUS) * 8 + list(extra)), model_writer=model, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False,
-        minloglevel=2, num_threads=1)
+        model_type="bpe", byte_fallback=byte_fallback, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, hard_vocab_limit=not byte_fallback, minloglevel=2, num_threads=1,
+        **({} if byte_fallback else {"character_coverage": 1.0}))
     with open(path, "wb") as f:
         f.write(model.getvalue())
     return path

@@ -147,6 +147,15 @@ class HFTokenizer:
     def encode_continuation(self, text: str) -> list[int]:
         return self.encode(text)
 
+    def token_to_id(self, token: str):
+        """The id of a token of the vocabulary (added tokens included), or None."""
+        tid = self._tok.token_to_id(token)
+        return None if tid is None else int(tid)
+
+    def post_processor_adds_bos(self) -> bool:
+        """Whether `tokenizer.json`'s post-processor puts BOS first (what transformers' tokenizer call does)."""
+        return self._tok.encode("", add_special_tokens=True).ids[:1] == [self.bos_id]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 

@@ -7,6 +7,8 @@
   Expert, CaptionExpert, OcrExpert, get_expert, expert_prompt            (lav2_jax.inference.experts)
 """
 
-from lav2_jax.inference.generation import Generated, ImageNotSupported, PromptTooLong, generate, stream
+from lav2_jax.inference.generation import (Generated, ImageNotSupported, ImagePlaceholderMismatch, PromptError,
+                                           PromptTooLong, generate, stream)
 
-__all__ = ["Generated", "ImageNotSupported", "PromptTooLong", "generate", "stream"]
+__all__ = ["Generated", "ImageNotSupported", "ImagePlaceholderMismatch", "PromptError", "PromptTooLong", "generate",
+           "stream"]

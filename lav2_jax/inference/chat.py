@@ -1,4 +1,5 @@
-"""Multi-turn chat with the chat template of DESIGN.md §3 (`lav2_jax.templates.chat_prompt`).
+"""Multi-turn chat with the chat template of DESIGN.md §3 (`lav2_jax.templates.chat_prompt`; mPLUG-Owl
+checkpoints use their own, `lav2_jax.system_templates`).
 
 Each reply is generated from the whole conversation rendered by `chat_prompt(turns, system)` (system text, "###"
 separators, roles Human / Assistant, ending in "###Assistant:"), encoded with BOS and no EOS. Generation stops at
@@ -17,7 +18,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterator, Optional
 
-from lav2_jax import templates
+from lav2_jax import system_templates
 from lav2_jax.inference.generation import PromptTooLong, encode_prompts
 from lav2_jax.inference.streaming import stream_text
 
@@ -42,8 +43,12 @@ class ChatSession:
     def context(self) -> int:
         return self.bundle.model.config.max_seq_len
 
+    def _render(self, turns) -> str:
+        """The prompt of `turns` in the bundle's system format (`lav2_jax.system_templates`)."""
+        return system_templates.chat_prompt(self.bundle.model.adapter, turns, self.system, self.image is not None)
+
     def _length(self, turns) -> int:
-        return len(encode_prompts(self.bundle.tokenizer, [templates.chat_prompt(turns, self.system)])[0])
+        return len(encode_prompts(self.bundle.tokenizer, [self._render(turns)])[0])
 
     def prompt_for(self, message: str) -> str:
         """The generation prompt for `message` after the history; drops the oldest turns that do not fit."""
@@ -61,14 +66,15 @@ class ChatSession:
             self.on_notice(f"[history: dropped the oldest {dropped} exchange(s) to fit the {self.context}-token "
                            "context]")
         self.turns = turns[:-1]
-        return templates.chat_prompt(turns, self.system)
+        return self._render(turns)
 
     def ask_stream(self, message: str) -> Iterator[str]:
         """Yields the reply's text pieces; the reply joins the history when the generator is exhausted or closed."""
         prompt = self.prompt_for(message)
         pieces: list[str] = []
         try:
-            for piece in stream_text(self.bundle, prompt, self.image, stop=templates.CHAT_SEP, lstrip=True,
+            stop = system_templates.chat_stop(self.bundle.model.adapter)
+            for piece in stream_text(self.bundle, prompt, self.image, stop=stop, lstrip=True,
                                      max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                      top_p=self.top_p, seed=self.seed + len(self.turns)):
                 pieces.append(piece)

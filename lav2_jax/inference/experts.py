@@ -46,7 +46,9 @@ def load_for_model(bundle, image: ImageInput):
     vision = bundle.model.vision
     if vision is None:
         raise ExpertUnavailable("this model has no vision tower (it is text-only), so it cannot take an image")
-    return preprocess(image, vision.image_size, getattr(bundle, "channel_order", "rgb"))
+    splice = bundle.model.adapter.splice  # LLaVA-1.5 pads to a square first
+    aspect = splice.image_aspect_ratio if splice is not None else "square"
+    return preprocess(image, vision.image_size, getattr(bundle, "channel_order", "rgb"), aspect_ratio=aspect)
 
 
 class CaptionExpert:

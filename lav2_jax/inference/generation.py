@@ -42,8 +42,16 @@ class Generated(NamedTuple):
     token_ids: list[list[int]]
 
 
-class PromptTooLong(ValueError):
+class PromptError(ValueError):
+    """A prompt the model cannot take (the CLI reports it as a user error)."""
+
+
+class PromptTooLong(PromptError):
     """A prompt leaves no room in the model's context for even one new token."""
+
+
+class ImagePlaceholderMismatch(PromptError):
+    """A spliced system's prompt does not hold one `<image>` per given image."""
 
 
 class ImageNotSupported(ValueError):
@@ -120,6 +128,13 @@ def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_token
     new_len = engine.bucket(max_new_tokens, cap=c.max_seq_len)
     cache_len = min(c.max_seq_len, T + new_len)
     imgs, has = _stack_images(model, images, n, B)
+    splice = model.adapter.splice
+    if splice is not None:  # LLaVA / mPLUG-Owl: one `<image>` (n_tokens placeholder ids) per given image
+        from lav2_jax.model.splice import check_placeholders
+        try:
+            check_placeholders(tokens[:n], splice.image_token_id, splice.n_tokens, 0 if has is None else has[:n])
+        except ValueError as e:
+            raise ImagePlaceholderMismatch(str(e)) from None
     return _Batch(n, tokens, lengths, budgets, imgs, has, new_len, cache_len)
 
 
@@ -231,7 +246,8 @@ def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: 
     """Generates a continuation of every prompt (DESIGN §3 decoding: greedy at temperature 0, else the top-p rule).
 
     prompts: list of final strings (or one string); images: None, a float array [B, H, W, 3] of preprocessed
-    images, or a list with an [H, W, 3] array or None per prompt. Returns `Generated(texts, token_ids)`.
+    images, or a list with an [H, W, 3] array or None per prompt. Spliced systems (LLaVA, mPLUG-Owl) take the
+    image where the prompt says `<image>` (one per image; the bundle's tokenizer expands it). Returns `Generated(texts, token_ids)`.
     Raises PromptTooLong / ImageNotSupported (ValueErrors) for inputs the model cannot take.
     """
     if isinstance(prompts, str):

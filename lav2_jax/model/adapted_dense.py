@@ -4,9 +4,10 @@ Placements (`AdapterConfig.linear_kind`):
   output       y = s ⊙ (W x + b)       s [out] init 1, b [out] init 0        (paper, "bias tuning")
   input        y = W (s ⊙ x) + b       s [in] init 1, b [out] init 0         (released 65B chat model)
   bias_qo_ffn  y = W x + b             b [out] init 0 on wq wo w1 w2 w3 only (released multimodal 7B)
-Optional LoRA adds `alpha/r · B(A x)` to the result (A `lora_a` [in, r] with torch Linear's default init,
+Optional LoRA adds `alpha/r · B(A dropout(x))` to the result (A `lora_a` [in, r] with torch Linear's default init,
 B `lora_b` [r, out] zero init) — on the raw input x, after bias and scale. `use_lora=False` skips it (adapter
-prompt keys/values are computed without LoRA). Every placement is the identity map at init.
+prompt keys/values are computed without LoRA). Every placement is the identity map at init. `lora_dropout` (PEFT's
+inverted dropout on the LoRA branch's input only) is active only when the caller passes a `dropout` rng (training).
 
 Parameters: `kernel` [in, out] frozen (torch weights are [out, in]: transpose on load), the rest float32.
 """
@@ -41,6 +42,7 @@ class AdaptedDense(nn.Module):
     scale: str = "none"  # none | output | input
     lora_rank: int = 0
     lora_scale: float = 1.0
+    lora_dropout: float = 0.0
     weight_dtype: str = "float32"
     dtype: str = "float32"
 
@@ -69,7 +71,11 @@ class AdaptedDense(nn.Module):
             b_lora = trainable_param(self, "lora_b", nn.initializers.zeros, (self.lora_rank, self.features),
                                      ("lora", out_axis))
             if use_lora:
-                low = jnp.einsum("...i,ir->...r", x, a.astype(dtype))
+                xl = x
+                if self.lora_dropout > 0 and self.has_rng("dropout"):
+                    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.lora_dropout, x.shape)
+                    xl = jnp.where(keep, x / (1.0 - self.lora_dropout), 0).astype(dtype)
+                low = jnp.einsum("...i,ir->...r", xl, a.astype(dtype))
                 y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, b_lora.astype(dtype))
         return y
 
@@ -81,4 +87,5 @@ def adapted_dense(adapter, name: str, features: int, axes: tuple[str, str], weig
     return AdaptedDense(
         features=features, axes=axes, bias=adapter.linear_has_bias(name), scale=scale,
         lora_rank=adapter.lora_rank if adapter.linear_has_lora(name) else 0, lora_scale=adapter.lora_scale,
+        lora_dropout=adapter.lora_dropout,
         weight_dtype=weight_dtype, dtype=dtype, name=name)

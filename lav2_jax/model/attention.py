@@ -8,6 +8,10 @@ Prompt sources handled per layer (`prompts` dict, all entries optional):
   adapter [B|1, P, D], adapter_on scalar     — adapter prompts (official fusion: + visual tokens), gate `gate` [N]
   visual [B, Pv, D], visual_gate [N], visual_on [B] — early-fusion visual prompts with their own gate
 In decode mode the token entries are absent; the flags and gates still are.
+Packed rows (`segment_ids` [B, T], `lav2_jax.model.segments`): causal attention stays inside each segment, and a
+source may carry prompt segment ids (`adapter_segments` / `visual_segments` [B, P]) so that each segment's queries
+see only their own segment's prompts. `ModelConfig.attention="flash"` runs the causal part with the Pallas TPU
+splash kernel (`lav2_jax.model.flash`) when there is no cache and T is a multiple of 128.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from lav2_jax.model.adapted_dense import adapted_dense
 from lav2_jax.model.common import as_dtype, constrain, tag, trainable_param
 from lav2_jax.model.prompt_attention import gate_weight, gated_prompt_attention, prompt_kv
 from lav2_jax.model.rope import apply_rope, rope_angles
+from lav2_jax.model.segments import causal_mask, prompt_mask
 
 
 def _write(cache: jax.Array, layer: jax.Array, update: jax.Array, positions: jax.Array) -> jax.Array:
@@ -45,7 +50,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, prompts: dict, cache: Optional[dict] = None,
-                 layer: Optional[jax.Array] = None):
+                 layer: Optional[jax.Array] = None, *, segment_ids: Optional[jax.Array] = None):
         c, a = self.config, self.adapter
         B, T, _ = x.shape
         N, K, H = c.n_heads, c.kv_heads, c.head_dim
@@ -72,11 +77,17 @@ class Attention(nn.Module):
         else:
             k_all, v_all, k_pos = k, v, positions
 
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k_all.astype(dtype), preferred_element_type=jnp.float32)
-        causal = (k_pos[:, None, :] <= positions[:, :, None])[:, None, None]  # [B, 1, 1, T, S]
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_all.astype(dtype))
+        if c.attention == "flash" and cache is None and T % 128 == 0:  # the kernel tiles T by 128 (else XLA)
+            from lav2_jax.model.flash import splash_attention
+
+            out = splash_attention(q, k.astype(dtype), v.astype(dtype), segment_ids)
+        else:
+            scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k_all.astype(dtype), preferred_element_type=jnp.float32)
+            seg = segment_ids if cache is None else None  # packed rows are training / scoring only (no cache)
+            causal = causal_mask(positions, k_pos, seg, seg)  # [B, 1, 1, T, S]
+            scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+            out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_all.astype(dtype))
 
         new_gate = None
         if a.new_gate:
@@ -85,14 +96,22 @@ class Attention(nn.Module):
             gate = trainable_param(self, "gate", nn.initializers.zeros, (N,), (None,))
             pk, pv = self._prompt_kv("adapter", prompts, cache, new_cache, layer, wk, wv)
             w = gate_weight(gate, new_gate, prompts["adapter_on"])
-            out = out + self._sown("adapter_prompt_out", gated_prompt_attention(q, pk, pv, w))
+            mask = self._prompt_mask("adapter", prompts, segment_ids)
+            out = out + self._sown("adapter_prompt_out", gated_prompt_attention(q, pk, pv, w, mask))
         if a.visual_fusion == "early" and "visual_on" in prompts:
             pk, pv = self._prompt_kv("visual", prompts, cache, new_cache, layer, wk, wv)
             w = gate_weight(prompts["visual_gate"], None, prompts["visual_on"])
-            out = out + self._sown("visual_prompt_out", gated_prompt_attention(q, pk, pv, w))
+            mask = self._prompt_mask("visual", prompts, segment_ids)
+            out = out + self._sown("visual_prompt_out", gated_prompt_attention(q, pk, pv, w, mask))
 
         out = tag(out.reshape(B, T, N * H), "attn_out")
         return wo(out), new_cache
+
+    @staticmethod
+    def _prompt_mask(source: str, prompts: dict, segment_ids: Optional[jax.Array]):
+        """[B, 1, 1, T, P] "prompt in the query's segment" when the source carries prompt segment ids, else None."""
+        p_seg = prompts.get(f"{source}_segments")
+        return None if p_seg is None or segment_ids is None else prompt_mask(segment_ids, p_seg)
 
     def _sown(self, name: str, contribution: jax.Array) -> jax.Array:
         """Records a prompt source's contribution [B, T, K, G, H] in the `intermediates` collection (a no-op unless

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from lav2_jax.config import AdapterConfig, ModelConfig
 from lav2_jax.model.attention import Attention
@@ -25,7 +26,9 @@ class DecoderBlock(nn.Module):
 
     layer_in: index (this layer's int32 index), adapter_prompt [P, D] (raw adapter prompt of this layer, zeros where
       it has none), adapter_on scalar, visual_gate [N], visual_on scalar (layer < K) — each but index optional.
-    shared: positions [B, T]; visual [B, Pv, D] visual tokens and has_image [B] when present.
+    shared: positions [B, T]; visual [B, Pv, D] visual tokens and has_image [B] when present; packed rows add
+      segment_ids [B, T] and, with per-segment images, visual_segments [B, Pv] (`lav2_jax.model.segments`: visual
+      holds every segment's tokens back to back; official fusion tiles the adapter prompt once per segment).
     """
 
     config: ModelConfig
@@ -43,6 +46,9 @@ class DecoderBlock(nn.Module):
             if not self.decode:
                 tokens = layer_in["adapter_prompt"][None]  # [1, P, D]
                 if a.visual_fusion == "official" and "visual" in shared:
+                    if "visual_segments" in shared:  # one adapter prompt per segment, each + its own image
+                        tokens = jnp.tile(tokens, (1, shared["visual"].shape[1] // tokens.shape[1], 1))
+                        prompts["adapter_segments"] = shared["visual_segments"]
                     tokens = tokens + shared["visual"]  # [B, P, D]: visual tokens added to the adapter prompts
                 prompts["adapter"] = tokens
         if "visual_on" in shared:  # early fusion with visual prompts in this call
@@ -50,10 +56,13 @@ class DecoderBlock(nn.Module):
             prompts["visual_on"] = layer_in["visual_on"] * shared["visual_on"]
             if not self.decode:
                 prompts["visual"] = shared["visual"]
+                if "visual_segments" in shared:
+                    prompts["visual_segments"] = shared["visual_segments"]
 
         x = constrain(x, ACT)
         attn, new_cache = Attention(c, a, self.decode, name="attention")(
-            norm("attention_norm")(x), shared["positions"], prompts, cache, layer_in["index"])
+            norm("attention_norm")(x), shared["positions"], prompts, cache, layer_in["index"],
+            segment_ids=shared.get("segment_ids"))
         h = x + attn
         out = h + FeedForward(c, a, name="feed_forward")(norm("ffn_norm")(h))
         return (tag(constrain(out, ACT), "block_out"), new_cache), None

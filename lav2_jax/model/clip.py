@@ -33,6 +33,8 @@ Compute runs in `config.dtype`; LayerNorm statistics and the softmax in float32.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -106,33 +108,44 @@ class CLIPAttention(nn.Module):
 
 
 class CLIPMlp(nn.Module):
-    """x [B, T, D] → c_proj(quick_gelu(c_fc(x))) [B, T, D]; hidden M = int(width * mlp_ratio)."""
+    """x [B, T, D] → c_proj(quick_gelu(c_fc(x))) [B, T, D]; hidden M = int(width * mlp_ratio). `names`: the two
+    Linears' parameter names (mPLUG-Owl's vision model calls them fc1, fc2)."""
 
     config: VisionConfig
+    names: tuple[str, str] = ("c_fc", "c_proj")
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         h = Dense(int(c.width * c.mlp_ratio), ("vis_embed", "vis_mlp"), weight_dtype=c.weight_dtype, dtype=c.dtype,
-                  name="c_fc")(x)
+                  name=self.names[0])(x)
         return Dense(c.width, ("vis_mlp", "vis_embed"), weight_dtype=c.weight_dtype, dtype=c.dtype,
-                     name="c_proj")(quick_gelu(h))
+                     name=self.names[1])(quick_gelu(h))
 
 
 class ResBlock(nn.Module):
-    """One pre-LN CLIP block; carry x [B, T, D] → (x', x' if return_hidden else None) for `nn.scan`."""
+    """One pre-LN CLIP block; carry x [B, T, D] → (x', x' if return_hidden else None) for `nn.scan`.
+
+    With `keep_layer` set the carry is `(x, kept)` and the block also takes its layer `index`: `kept` becomes x'
+    in block `keep_layer` (a hidden state read without stacking every layer's output).
+    """
 
     config: VisionConfig
     return_hidden: bool = False
+    keep_layer: Optional[int] = None
 
     @nn.compact
-    def __call__(self, x: jax.Array):
+    def __call__(self, x, index=None):
         c = self.config
+        if self.keep_layer is not None:
+            x, kept = x
         norm = lambda name: LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name=name)
         x = x + CLIPAttention(c.heads, c.weight_dtype, c.dtype, name="attn")(norm("ln_1")(x))
         x = constrain(x, ACT_AXES)
         h = tag(CLIPMlp(c, name="mlp")(norm("ln_2")(x)), "ffn_out")
         x = constrain(x + h, ACT_AXES)
+        if self.keep_layer is not None:
+            return (x, jnp.where(index == self.keep_layer, x, kept)), None
         return x, (x if self.return_hidden else None)
 
 
@@ -159,12 +172,15 @@ class CLIPVisionTower(nn.Module):
 
     With `return_hidden_states=True` returns `(tokens, hidden)`, hidden [layers + 1, B, T, width]: the embeddings
     after `ln_pre`, then the output of each block (Hugging Face's `hidden_states`, stacked).
+    With `feature_layer=i` returns that one hidden state [B, T, width] alone (`hidden[i]`, negative i from the end;
+    LLaVA reads −2, the penultimate block's output, without `ln_post`). `config.output_dim == 0` means no `proj`
+    (Hugging Face `CLIPVisionModel`): tokens are then the `ln_post` outputs [B, T, width].
     """
 
     config: VisionConfig
 
     @nn.compact
-    def __call__(self, images: jax.Array, return_hidden_states: bool = False):
+    def __call__(self, images: jax.Array, return_hidden_states: bool = False, feature_layer: Optional[int] = None):
         c = self.config
         b, h, w, _ = images.shape
         if (h, w) != (c.image_size, c.image_size):
@@ -179,12 +195,21 @@ class CLIPVisionTower(nn.Module):
         x = x + pos.astype(dtype)[None]
         x = constrain(LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name="ln_pre")(x),
                       ACT_AXES)
-        blocks = scan_layers(maybe_remat(ResBlock, c.remat_policy), c.layers, in_axes=())
-        y, hidden = blocks(c, return_hidden=return_hidden_states, name="resblocks")(x)
+        if feature_layer is not None:
+            keep = feature_layer % (c.layers + 1) - 1  # hidden state i is the output of block i - 1
+            blocks = scan_layers(maybe_remat(ResBlock, c.remat_policy), c.layers, in_axes=(0,))
+            (y, kept), _ = blocks(c, keep_layer=keep, name="resblocks")((x, x), jnp.arange(c.layers))
+        else:
+            blocks = scan_layers(maybe_remat(ResBlock, c.remat_policy), c.layers, in_axes=())
+            y, hidden = blocks(c, return_hidden=return_hidden_states, name="resblocks")(x)
         y = LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name="ln_post")(y)
-        proj = frozen_param(self, "proj", nn.initializers.normal(c.width ** -0.5), (c.width, c.output_dim),
-                            ("vis_embed", None), c.weight_dtype)
-        tokens = constrain(jnp.einsum("BTD,DO->BTO", y, proj.astype(dtype)), ACT_AXES)
+        if c.output_dim:
+            proj = frozen_param(self, "proj", nn.initializers.normal(c.width ** -0.5), (c.width, c.output_dim),
+                                ("vis_embed", None), c.weight_dtype)
+            y = jnp.einsum("BTD,DO->BTO", y, proj.astype(dtype))
+        tokens = constrain(y, ACT_AXES)
+        if feature_layer is not None:
+            return constrain(kept, ACT_AXES)
         if return_hidden_states:
             return tokens, jnp.concatenate([x[None], hidden], axis=0)
         return tokens

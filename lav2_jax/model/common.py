@@ -81,6 +81,6 @@ def maybe_remat(block_cls, policy_name: str, static_argnums: tuple = ()):
 
 def scan_layers(block_cls, length: int, in_axes: tuple):
     """Scans `block_cls` over `length` layers: params (and sown intermediates) stacked on a leading `layers` axis."""
-    return nn.scan(block_cls, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
-                   in_axes=in_axes,
+    return nn.scan(block_cls, variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True, "dropout": True}, in_axes=in_axes,
                    length=length, metadata_params={nn.PARTITION_NAME: "layers"})

@@ -20,6 +20,13 @@ def build_model(config: ModelConfig, adapter: AdapterConfig, vision: Optional[Vi
 def dummy_inputs(model: Transformer, batch: int = 1, length: int = 1) -> dict:
     """Abstract inputs that touch every parameter of `model` (visual tokens or images when it has a fusion mode)."""
     inputs = {"tokens": jax.ShapeDtypeStruct((batch, length), jnp.int32)}
+    splice = model.adapter.splice
+    if splice is not None:  # a spliced system: one image slot (or its visual tokens) per row
+        if model.vision is not None:
+            s = model.vision.image_size
+            inputs["images"] = jax.ShapeDtypeStruct((batch, 1, s, s, 3), jnp.float32)
+        else:
+            inputs["visual_tokens"] = jax.ShapeDtypeStruct((batch, 1, splice.n_tokens, model.config.dim), jnp.float32)
     if model.adapter.has_visual:
         if model.vision is not None:
             s = model.vision.image_size

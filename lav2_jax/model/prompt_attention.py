@@ -33,10 +33,18 @@ def gate_weight(gate: jax.Array, new_gate: jax.Array | None = None, on: jax.Arra
     return w
 
 
-def gated_prompt_attention(q: jax.Array, k_p: jax.Array, v_p: jax.Array, weight: jax.Array) -> jax.Array:
-    """q [B, T, K, G, H] (already scaled by 1/sqrt(H)); k_p, v_p [B|1, P, K, H]; weight [B|1, N] → [B, T, K, G, H]."""
+def gated_prompt_attention(q: jax.Array, k_p: jax.Array, v_p: jax.Array, weight: jax.Array,
+                           mask: jax.Array | None = None) -> jax.Array:
+    """q [B, T, K, G, H] (already scaled by 1/sqrt(H)); k_p, v_p [B|1, P, K, H]; weight [B|1, N] → [B, T, K, G, H].
+
+    `mask` [B, 1, 1, T, P] bool (packed rows, `lav2_jax.model.segments.prompt_mask`): the softmax runs over the
+    query's own segment's prompts only; a query with no prompt in its segment gets an exact zero."""
     scores = jnp.einsum("BTKGH,BPKH->BKGTP", q, k_p.astype(q.dtype), preferred_element_type=jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
+    if mask is not None:
+        probs = jnp.where(mask, probs, 0.0)
     n_kv, groups = q.shape[2], q.shape[3]
     probs = probs * weight.reshape(weight.shape[0], n_kv, groups, 1, 1)
     return jnp.einsum("BKGTP,BPKH->BTKGH", probs.astype(q.dtype), v_p.astype(q.dtype))

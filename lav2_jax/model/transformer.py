@@ -15,6 +15,8 @@ stored transposed as [in, out] kernels):
   visual_gate                         [K, N]     early fusion: gates of the visual prompts in the first K layers
   clip/...                            frozen CLIP ViT (lav2_jax.model.clip), with a VisionConfig
   connector/...                       trainable visual connector (lav2_jax.model.connector)
+  mm_projector/..., clip/...          spliced systems (`adapter.splice`, lav2_jax.model.splice / .llava): visual
+                                      tokens written over the prompt's image placeholders after the embedding
 
 With `ModelConfig.scan_layers=False` the layer parameters are `layers_0 … layers_{L-1}` instead (the same per-layer
 trees, unstacked; `factory.unstack_layers` converts). Layers with and without prompts share one scanned structure: the adapter prompts are zero-padded to all layers and
@@ -38,7 +40,9 @@ from lav2_jax.model.block import DecoderBlock
 from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, trainable_param
 from lav2_jax.model.connector import VisualConnector
+from lav2_jax.model import splice
 from lav2_jax.model.norms import RMSNorm
+from lav2_jax.model.segments import flatten_segment_prompts, segment_positions
 
 
 class Embedding(nn.Module):
@@ -65,6 +69,9 @@ class Transformer(nn.Module):
     the visual tokens are added to every prompted layer's adapter prompts.
     `positions` [B, T] default to 0..T-1 (required with a cache). `decode=True` runs one cached step.
     `return_hidden=True` returns the final-normed hidden states [B, T, D] instead of logits.
+    Packed rows (`lav2_jax.model.segments`): `segment_ids` [B, T] (1..S, 0 = padding) keep attention inside each
+    segment; positions then default to restarting at every segment; `images` [B, S, H, W, 3] with `has_image`
+    [B, S] give segment s its own image (slot s-1), which conditions that segment's tokens only. No cache.
     """
 
     config: ModelConfig
@@ -74,11 +81,16 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array, images: Optional[jax.Array] = None, has_image: Optional[jax.Array] = None,
                  *, visual_tokens: Optional[jax.Array] = None, positions: Optional[jax.Array] = None,
-                 cache: Optional[dict] = None, decode: bool = False, return_hidden: bool = False):
+                 cache: Optional[dict] = None, decode: bool = False, return_hidden: bool = False,
+                 segment_ids: Optional[jax.Array] = None):
         c, a = self.config, self.adapter
         a.check(c)
         B, T = tokens.shape
         n = c.n_layers
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("Transformer: packed rows (`segment_ids`) are for training and scoring, not caches")
+            positions = segment_positions(segment_ids) if positions is None else positions
         if positions is None:
             if cache is not None:
                 raise ValueError("Transformer: `positions` [B, T] are required when a cache is given")
@@ -86,11 +98,16 @@ class Transformer(nn.Module):
         if decode and cache is None:
             raise ValueError("Transformer: decode=True needs a cache (see lav2_jax.model.kv_cache.init_cache)")
 
-        x = Embedding(c.vocab_size, c.dim, c.weight_dtype, c.dtype, name="tok_embeddings")(tokens)
+        ids = tokens if a.splice is None else splice.embed_ids(tokens, a.splice.image_token_id)
+        x = Embedding(c.vocab_size, c.dim, c.weight_dtype, c.dtype, name="tok_embeddings")(ids)
+        if a.splice is not None and not decode:  # LLaVA / mPLUG-Owl: visual tokens at the image placeholders
+            x = self._splice_visual(x, tokens, images, visual_tokens)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         layer_idx = np.arange(n)
         layer_in: dict = {"index": jnp.arange(n, dtype=jnp.int32)}
         shared: dict = {"positions": positions}
+        if segment_ids is not None:
+            shared["segment_ids"] = segment_ids
 
         if a.has_prompts:
             query = trainable_param(self, "adapter_query", nn.initializers.normal(1.0),
@@ -101,6 +118,12 @@ class Transformer(nn.Module):
                 layer_in["adapter_prompt"] = jnp.concatenate([pad, query], axis=0).astype(as_dtype(c.dtype))
 
         if a.has_visual and not decode:
+            if visual_tokens is None and images is not None and images.ndim == 5:  # packed: one image per segment
+                S = images.shape[1]
+                tokens = self._encode_images(images.reshape((B * S,) + images.shape[2:]), has_image.reshape(-1), B * S)
+                visual_tokens, shared["visual_segments"] = flatten_segment_prompts(
+                    tokens.reshape((B, S) + tokens.shape[1:]), has_image if a.visual_fusion == "early" else None)
+                has_image = has_image.any(axis=1)
             if visual_tokens is None:
                 visual_tokens = self._encode_images(images, has_image, B)
             if visual_tokens is not None:
@@ -146,6 +169,26 @@ class Transformer(nn.Module):
         if "visual_on" in cache:
             new_cache["visual_on"] = shared.get("visual_on", cache["visual_on"])
         return out, new_cache
+
+    def _splice_visual(self, x: jax.Array, tokens: jax.Array, images: Optional[jax.Array],
+                       visual_tokens: Optional[jax.Array]) -> jax.Array:
+        """Spliced systems (`lav2_jax.model.splice`): images [B, N, H, W, 3] | [B, H, W, 3] or visual_tokens
+        [B, N, n_tok, D] | [B, n_tok, D] → x [B, T, D] with the visual tokens at the image placeholders."""
+        s = self.adapter.splice
+        if visual_tokens is None:
+            images, _ = splice.as_slots(images, None)
+            if images is None:
+                return x  # a text-only call: the rows hold no placeholders
+            if self.vision is None:
+                raise ValueError("Transformer: images were given but no vision tower is configured")
+            s.check(self.vision)
+            b, n = images.shape[:2]
+            encode = splice.visual_encoder(s.system)
+            visual_tokens = encode(s, self.vision, self.config, images.reshape((b * n,) + images.shape[2:]))
+            visual_tokens = visual_tokens.reshape((b, n) + visual_tokens.shape[1:])
+        elif visual_tokens.ndim == 3:
+            visual_tokens = visual_tokens[:, None]
+        return splice.splice_visual(x, tokens, visual_tokens, s.image_token_id)
 
     def _encode_images(self, images: Optional[jax.Array], has_image: Optional[jax.Array], batch: int):
         """images [B, H, W, 3] → visual tokens [B, Q, D] through the frozen CLIP tower and the connector.

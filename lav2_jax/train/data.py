@@ -4,7 +4,9 @@
   synthetic  `lav2_jax.train.synthetic` (deterministic, in memory; each process takes its rows of the global batch)
   pipeline   `lav2_jax.data.pipeline` grain pipelines over datasets from `lav2 data build`: `config.data.<stream>`
              gives `path` and `max_len`; each process reads its 1/process_count shard with a per-process batch of
-             global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction).
+             global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction). LLaVA
+             models add `data.template` and `data.image_aspect` (square | pad); the image token count and id come
+             from the model's splice config.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ def synthetic(config, setup) -> MultiStream:
     vision = setup.model.vision
     streams = []
     for s in setup.streams:
-        with_images = s.batch_key in ("caption", "train") and setup.model.adapter.has_visual and vision is not None
+        splice = setup.model.adapter.splice
+        visual = setup.model.adapter.has_visual or splice is not None
+        with_images = s.batch_key in ("caption", "train") and visual and vision is not None
         gb = setup.global_batch[s.batch_key]
+        spliced = dict(image_tokens=splice.n_tokens, image_token_id=splice.image_token_id) if splice else {}
         streams.append(SyntheticStream(
             s.batch_key, gb, int(d.seq_len), setup.model.config.vocab_size,
             image_size=vision.image_size if with_images else 0, seed=int(d.seed),
             num_examples=int(d.num_examples) or None, answer_vocab=int(d.answer_vocab),
-            rows=local_rows(setup.mesh, gb)))
+            rows=local_rows(setup.mesh, gb), **(spliced if with_images else {})))
     return MultiStream(streams)
 
 
@@ -58,7 +63,7 @@ def pipeline(config, setup):
     d = config.data
     tok = load_tokenizer(d.tokenizer)
     vision = setup.model.vision
-    channel_order = d.get("channel_order", "") or _base_channel_order(config.model) or "rgb"
+    order = channel_order(config)
 
     def make(key: str) -> Pipeline:
         sc = d[key]
@@ -67,7 +72,9 @@ def pipeline(config, setup):
             raise ValueError(f"global batch {gb} of stream {key!r} does not split over {jax.process_count()} hosts")
         pc = PipelineConfig(batch_size=gb // jax.process_count(), max_len=int(sc.max_len), seed=int(d.seed),
                             image_size=vision.image_size if vision is not None else 224,
-                            channel_order=channel_order, worker_count=int(d.get("worker_count", 0)))
+                            channel_order=order, worker_count=int(d.get("worker_count", 0)),
+                            packing=bool(d.get("packing", False)), max_segments=int(sc.get("max_segments", 8)),
+                            **_spliced_options(d, setup.model.adapter.splice))
         return Pipeline(sc.path, tok, pc)
 
     keys = [s.batch_key for s in setup.streams]
@@ -76,6 +83,22 @@ def pipeline(config, setup):
     if len(keys) != 1:
         raise ValueError(f"no pipeline for streams {keys}")
     return Keyed(keys[0], iter(make(keys[0])))
+
+
+def _spliced_options(d, splice) -> dict:
+    """PipelineConfig fields of a spliced model (LLaVA): its template, image token count and id, no augmentation."""
+    if splice is None:
+        return {}
+    if not d.get("template"):
+        raise ValueError("a LLaVA model needs config.data.template (plain, vicuna_v1, llava_v1 or v0)")
+    return dict(template=d.template, image_tokens=splice.n_tokens, image_token_id=splice.image_token_id,
+                image_aspect=d.get("image_aspect", "square"), augment=False)
+
+
+def channel_order(config) -> str:
+    """The pixel channel order of a run, its one source of truth: `data.channel_order` when set, else the base
+    checkpoint's (converted release weights want BGR), else rgb (a random base)."""
+    return config.data.get("channel_order", "") or _base_channel_order(config.model) or "rgb"
 
 
 def _base_channel_order(mc) -> str:
@@ -94,3 +117,19 @@ def make_data(config, setup):
     if source == "pipeline":
         return pipeline(config, setup)
     raise ValueError(f"config.data.source={source!r}: use 'synthetic' or 'pipeline'")
+
+
+class DataWorkerError(RuntimeError):
+    """A data worker process died (the message names the step, the worker's exit and the checkpoint to resume)."""
+
+
+def next_batch(data, step: int, resume_hint: str) -> dict:
+    """`next(data)` for step `step`; a grain worker process that died becomes a `DataWorkerError` (grain itself
+    notices within about a second and raises; this names what the user needs to go on)."""
+    try:
+        return next(data)
+    except RuntimeError as e:
+        if "Worker process" not in str(e) and "worker" not in type(e).__name__.lower():
+            raise
+        raise DataWorkerError(f"step {step}: a data worker process died ({str(e).splitlines()[0]}); "
+                              f"{resume_hint}") from None

@@ -4,6 +4,7 @@ Fields:
   model.preset / adapter / vision    presets (`lav2_jax.presets`); `tiny_adapter` shrinks the adapter to the model
   model.base_checkpoint              path for `lav2_jax.checkpoint.load_pretrained` ('' = random base from preset)
   model.remat_policy, weight_dtype, dtype   overrides ('' = the preset's)
+  model.attention                    xla | flash (Pallas TPU splash kernel; '' = the preset's, xla)
   model.seed, model.output_scale     random base only (see `lav2_jax.train.state`)
   param_recipe                       column of the group table (`lav2_jax.param_groups.RECIPES`)
   recipe                             joint | pretrain | finetune | full (`lav2_jax.train.step.RECIPES`)
@@ -11,15 +12,18 @@ Fields:
   batch.<stream>                     global batch rows per step of each stream
   optim.<group>                      base_lr, scale_lr_by_batch (lr = blr·batch/256), warmup_steps, weight_decay,
                                      b1, b2, eps, min_lr
-  optim.accum_steps, optim.clip_norm gradient accumulation micro-batches; global-norm clip (0 = off)
+  optim.accum_steps, optim.clip_norm gradient accumulation micro-batches; per-stream global-norm clip (0 = off)
   loss.vocab_chunk                   vocabulary columns per loss chunk (0 = whole vocabulary at once)
   data.source                        synthetic | pipeline (`lav2_jax.train.data`), and their settings
+  data.channel_order                 rgb | bgr; '' = the base checkpoint's (`train.data.channel_order`), else rgb
+  data.packing, data.<stream>.max_segments   pipeline: several samples per row (`lav2_jax.data.packing`)
   mesh.data / fsdp / tensor          mesh shape (-1 = fill)
   checkpoint.every_steps, keep, use_async
   log.every_steps, tensorboard, progress, peak_flops (per device FLOP/s for MFU; -1 = measure; 0 = no MFU)
   nan_policy                         stop | skip
   distributed.coordinator_address, num_processes, process_id, auto   (`lav2_jax.train.multihost`)
-  fault.kill_after_step, sigterm_after_step   failure injection for the resume tests (-1 = off)
+  fault.kill_after_step, sigterm_after_step, kill_during_save, kill_in_data_state, kill_delay_s
+                                     failure injection for the resume and fault tests (-1 = off; `train.trainer`)
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
         preset="llama1-7b", adapter="paper", vision="vit-l-14", tiny_adapter=False, base_checkpoint="",
-        remat_policy="", weight_dtype="", dtype="", seed=0, output_scale=1.0))
+        remat_policy="", weight_dtype="", dtype="", attention="", seed=0, output_scale=1.0))
     c.param_recipe = "paper-joint"
     c.recipe = "joint"
     c.total_steps = 1000
@@ -49,8 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(vocab_chunk=8000))
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic", seed=0, seq_len=128, num_examples=0, answer_vocab=0, tokenizer="",
-        channel_order="rgb", worker_count=0,
-        caption=ml_collections.ConfigDict(dict(path="", max_len=96)),
+        channel_order="", worker_count=0, packing=False,
+        caption=ml_collections.ConfigDict(dict(path="", max_len=96, max_segments=4)),
         instruction=ml_collections.ConfigDict(dict(path="", max_len=512)),
         train=ml_collections.ConfigDict(dict(path="", max_len=512))))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -59,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.nan_policy = "stop"
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1,
                                                    auto=False))
-    c.fault = ml_collections.ConfigDict(dict(kill_after_step=-1, sigterm_after_step=-1))
+    c.fault = ml_collections.ConfigDict(dict(kill_after_step=-1, sigterm_after_step=-1, kill_during_save=-1,
+                                             kill_in_data_state=-1, kill_delay_s=0.0))
     return c
 
 

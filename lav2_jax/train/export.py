@@ -2,14 +2,16 @@
 
 The run's checkpoints hold only the trained leaves (and the base's path). Exporting rebuilds the model from the
 run's config, takes every other leaf from the base — the base checkpoint, or the preset's seeded random base —
-and writes an adapter-only checkpoint over the base checkpoint (`save_adapter`, tens of MB) or, for a random base,
-a complete checkpoint (`save_pretrained`). Runs on one device whatever topology trained.
+and writes an adapter-only checkpoint over the base checkpoint (`save_adapter`, tens of MB) or, for a random base
+or a run that trained base weights (LLaVA's full fine-tune), a complete checkpoint (`save_pretrained`). Runs on one
+device whatever topology trained.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Optional
 
 import ml_collections
@@ -31,15 +33,26 @@ def _step_dir(workdir: str, step: Optional[int]) -> tuple[str, int]:
     return ckpt_dir, step
 
 
+def _base_tokenizer(base: str) -> Optional[str]:
+    """The tokenizer stored with base checkpoint `base` (its `tokenizer/` folder), if any."""
+    from lav2_jax.checkpoint.layout import TOKENIZER_DIR
+
+    path = os.path.join(os.path.abspath(base), TOKENIZER_DIR)
+    return path if os.path.isdir(path) else None
+
+
 def export_run(workdir: str, out: str, *, step: Optional[int] = None, overwrite: bool = False) -> str:
     """Writes the trained parameters of `workdir` (checkpoint `step`, default the latest) to `out`; returns it."""
     import jax
 
+    from lav2_jax import param_groups as pg
     from lav2_jax.checkpoint import save_adapter, save_pretrained
+    from lav2_jax.checkpoint.layout import ADAPTER_RECIPE
     from lav2_jax.model.factory import abstract_params
     from lav2_jax.sharding import logical_shardings, make_mesh
     from lav2_jax.train import state as state_lib
     from lav2_jax.train.checkpointing import read_state
+    from lav2_jax.train.data import channel_order
 
     ckpt_dir, step = _step_dir(workdir, step)
     with open(os.path.join(ckpt_dir, str(step), "meta", "metadata")) as f:
@@ -55,14 +68,24 @@ def export_run(workdir: str, out: str, *, step: Optional[int] = None, overwrite:
         if path not in flat or flat[path].shape != value.shape:
             raise ValueError(f"{ckpt_dir}/{step}: trained leaf {'/'.join(path)} does not fit the model its config "
                              "describes")
-        flat[path] = value
+        flat[path] = value.astype(flat[path].dtype)  # trained base weights (full fine-tune) back to their dtype
     params = traverse_util.unflatten_dict(flat)
     info = {"trained": {"workdir": os.path.abspath(workdir), "step": step, "recipe": config.recipe,
                         "param_recipe": config.param_recipe, "losses": meta.get("losses", {})}}
     base = config.model.get("base_checkpoint", "")
-    if base:
+    full_tune = [p for p in trained if pg.label_for(pg.path_str(p), ADAPTER_RECIPE) == "frozen"]
+    if base and not full_tune:
         return save_adapter(out, model, params, base=base, meta=info, overwrite=overwrite)
-    tokenizer = config.data.get("tokenizer", "") or None
-    return save_pretrained(out, model, params, tokenizer=tokenizer, channel_order=config.data.get("channel_order",
-                                                                                                  "rgb"),
-                           meta=info, overwrite=overwrite)
+    # A random base, or base weights were trained (LLaVA's full fine-tune): a complete checkpoint.
+    tokenizer = config.data.get("tokenizer", "") or (_base_tokenizer(base) if base else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        if tokenizer is None and config.data.get("source") == "synthetic":
+            # Synthetic runs train on token ids, not text: a sentencepiece model of exactly the model's vocabulary
+            # makes the checkpoint decodable (`lav2 generate` prints text) without a tokenizer of the user's.
+            from lav2_jax.data.testing import train_sentencepiece
+
+            tokenizer = train_sentencepiece(os.path.join(tmp, "tokenizer.model"), vocab_size=model.config.vocab_size,
+                                            byte_fallback=False)
+            info["trained"]["tokenizer"] = "generated for synthetic token ids"
+        return save_pretrained(out, model, params, tokenizer=tokenizer, channel_order=channel_order(config),
+                               meta=info, overwrite=overwrite)

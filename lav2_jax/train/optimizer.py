@@ -3,19 +3,21 @@
 `build_optimizer` returns an `optax.multi_transform` over the labels `caption`, `instruction` and `frozen`
 (`optax.set_to_zero()`); each trainable group gets its own AdamW (betas 0.9/0.95 by default), its own learning rate
 with a linear warmup then a half-cycle cosine per step (the released schedule), and its own weight decay, applied only
-to leaves with a per-layer rank ≥ 2 that are not biases (no decay on 1-D tensors and biases, DESIGN.md §3).
+to leaves whose role is not a per-layer vector (biases, scales, gates: `NO_DECAY_PATTERN`) and whose per-layer rank
+is ≥ 2 (no decay on 1-D tensors and biases, DESIGN.md §3). Schedules count global steps (`with_schedule_count`).
 
 The optimizer is only ever given the *trainable* leaves (`lav2_jax.param_groups.split`): frozen weights are never
 differentiated and hold no optimizer state; the `frozen` entry only guarantees that a frozen leaf handed to it by
 mistake is zeroed rather than passed through (`optax.masked` alone would pass raw gradients, DESIGN.md §2).
 
-Global-norm clipping of the trainable gradients is done by the train step (`lav2_jax.train.step`), because a step
-may update only some groups and must leave the others' optimizer state untouched.
+Gradient clipping is done by the train step (`lav2_jax.train.step`), per stream (each stream's gradients by their own
+global norm), because a step may update only some groups and must leave the others' optimizer state untouched.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Mapping
 
 import jax
@@ -49,22 +51,29 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: f
     return schedule
 
 
-def decay_mask(params: Mapping, logical_names: Mapping | None = None) -> dict:
-    """True where weight decay applies: not a bias, and rank ≥ 2 once stacked `layers` axes are discounted.
+# Leaves whose role is a vector per layer (whatever axes stack them: [D], [L, D] scanned, [K, N] visual gates):
+# biases, norm and linear-adapter scales, zero-init gates. They are never decayed (DESIGN.md §3: no weight decay on
+# 1-D tensors and biases); the rule reads the leaf's name, not logical axis names, so it holds without them.
+NO_DECAY_PATTERN = r"(^|/)(bias|scale|gate|new_gate|visual_gate|class_embedding)$"
+_NO_DECAY = re.compile(NO_DECAY_PATTERN)
 
-    `logical_names` (a tree of logical axis-name tuples, e.g. from `nn.get_partition_spec` of boxed params) tells
-    which leading axes are layer stacks; without it every leaf under `layers/` is assumed to have one.
+
+def decay_mask(params: Mapping, logical_names: Mapping | None = None) -> dict:
+    """True where weight decay applies: the leaf's role is not a per-layer vector (`NO_DECAY_PATTERN`), and its
+    rank is ≥ 2 once its stacked `layers` axes are discounted.
+
+    `logical_names` (a tree of logical axis-name tuples, e.g. from `nn.get_partition_spec` of boxed params) only
+    refines the rank rule for leaves the pattern does not name; without them only leaves under `layers/` count one
+    stacked axis.
     """
     flat = traverse_util.flatten_dict(params)
     names = traverse_util.flatten_dict(logical_names) if logical_names is not None else {}
     out = {}
     for path, leaf in flat.items():
         axes = names.get(path)
-        if axes is not None:
-            stacked = sum(1 for a in tuple(axes) if a == "layers")
-        else:
-            stacked = int(path[0] == "layers")
-        out[path] = path[-1] != "bias" and (len(leaf.shape) - stacked) >= 2
+        stacked = sum(1 for a in tuple(axes) if a == "layers") if axes is not None else int(path[0] == "layers")
+        role_vector = _NO_DECAY.search("/".join(str(k) for k in path)) is not None
+        out[path] = not role_vector and (len(leaf.shape) - stacked) >= 2
     return traverse_util.unflatten_dict(out)
 
 
@@ -108,6 +117,21 @@ def group_learning_rates(groups_cfg: Mapping[str, Any], total_steps: int, global
         lr = learning_rate(c["base_lr"], _batch_of(global_batch, g), c.get("scale_lr_by_batch", True))
         out[g] = float(warmup_cosine(lr, c.get("warmup_steps", 0), total_steps, c.get("min_lr", 0.0))(step))
     return out
+
+
+def with_schedule_count(opt_state, groups, count):
+    """`opt_state` (of `build_optimizer`) with the learning-rate schedule count of each group in `groups` set to
+    `count` (the global step), so a group whose update was skipped stays on the global schedule and the logged
+    learning rate is the applied one. Adam's own count (bias correction) is left alone: it counts moment updates."""
+    inner = dict(opt_state.inner_states)
+    count = jnp.asarray(count, jnp.int32)
+
+    def sync(s):
+        return s._replace(count=count.astype(s.count.dtype)) if isinstance(s, optax.ScaleByScheduleState) else s
+
+    for g in groups:
+        inner[g] = jax.tree_util.tree_map(sync, inner[g], is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
+    return opt_state._replace(inner_states=inner)
 
 
 def state_leaf_count(opt_state) -> int:

@@ -1,6 +1,9 @@
 """Everything the loop needs, built from a config: model, frozen and trainable parameters on their shardings,
 group labels, the optimizer, state shardings and the jitted step (DESIGN.md §2, §5; paper §4.2).
 
+Trainable leaves are float32 master weights, also when they are base weights stored in bf16 (LLaVA's full
+fine-tune, `param_recipe="llava-stage2"`): the optimizer state is then sized and FSDP-sharded like the base.
+
 The frozen base comes either from `config.model.base_checkpoint` (`lav2_jax.checkpoint.load_pretrained`, restored
 straight onto its shardings and referenced by path only: training checkpoints never copy it) or from a model
 preset with random weights (`config.model.preset`, for tests, benchmarks and `configs/tiny_joint.py`). A random
@@ -23,6 +26,8 @@ from lav2_jax import param_groups as pg
 from lav2_jax import presets
 from lav2_jax.model.factory import abstract_params, build_model, dummy_inputs
 from lav2_jax.sharding import LOGICAL_RULES, logical_shardings
+from lav2_jax.train import llava_config
+from lav2_jax.train import owl_config
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import step as step_lib
 
@@ -49,7 +54,13 @@ def _override(cfg, **kw):
 def model_configs(mc) -> tuple:
     """(ModelConfig, AdapterConfig, VisionConfig | None) from `config.model` (preset names + overrides)."""
     config = _override(presets.get_model(mc.preset), remat_policy=mc.get("remat_policy"),
-                       weight_dtype=mc.get("weight_dtype"), dtype=mc.get("dtype"))
+                       weight_dtype=mc.get("weight_dtype"), dtype=mc.get("dtype"), attention=mc.get("attention"))
+    if llava_config.is_llava(mc):  # a spliced system: adapter and vision from `config.model.splice/lora`
+        adapter, vision = llava_config.llava_configs(mc, config)
+        return config, adapter, vision
+    if owl_config.is_owl(mc):  # mPLUG-Owl: adapter (splice, abstractor, LoRA) and vision from `config.model.owl`
+        adapter, vision = owl_config.owl_configs(mc, config)
+        return config, adapter, vision
     if mc.get("tiny_adapter", False):
         vis = presets.get_vision(mc.vision) if mc.get("vision") else presets.get_vision("tiny")
         adapter = presets.tiny_adapter(mc.adapter, config, vis)
@@ -89,7 +100,10 @@ def load_params(model, mc, mesh, shardings):
     from lav2_jax.checkpoint import pretrained
 
     path = os.path.abspath(mc.base_checkpoint)
-    restored, missing = pretrained.restore_params(model, pretrained.item_dirs(path), mesh, allow_missing=True)
+    dirs = pretrained.item_dirs(path)
+    if mc.get("vision_checkpoint"):  # e.g. mPLUG-Owl stage 1: the vision model from `lav2 convert clip --layout owl`
+        dirs += pretrained.item_dirs(os.path.abspath(mc.vision_checkpoint))
+    restored, missing = pretrained.restore_params(model, dirs, mesh, allow_missing=True)
     fresh = _sharded_init(model, shardings, seed, 1.0, keep=set(missing)) if missing else {}
     return pg.merge(restored, fresh)
 
@@ -103,7 +117,12 @@ def model_from_config(mc):
         base = read_config(mc.base_checkpoint)
         config = _override(base.model, remat_policy=mc.get("remat_policy"), weight_dtype=mc.get("weight_dtype"),
                            dtype=mc.get("dtype"))
-        vision = (base.vision or vision) if adapter.has_visual else None
+        if adapter.splice is not None:  # LLaVA over a converted LLaVA / stage-1 checkpoint: its tower and splice
+            base_splice = base.adapter.splice if base.adapter is not None else None
+            adapter = adapter.replace(splice=base_splice or adapter.splice)
+            vision = base.vision or vision
+        else:
+            vision = (base.vision or vision) if adapter.has_visual else None
     return build_model(config, adapter, vision)
 
 
@@ -122,6 +141,7 @@ def build(config, mesh, model=None, abstract: bool = False) -> tuple[Setup, dict
     else:
         params = load_params(model, mc, mesh, shardings)
     trainable, frozen = pg.split(params, all_labels)
+    trainable = jax.tree_util.tree_map(_master_weight, trainable)  # e.g. bf16 base weights of a full fine-tune
     labels, _ = pg.split(all_labels, all_labels)
     t_sh, f_sh = pg.split(shardings, all_labels)
     names, _ = pg.split(nn.get_partition_spec(boxed), all_labels)
@@ -144,6 +164,15 @@ def build(config, mesh, model=None, abstract: bool = False) -> tuple[Setup, dict
                   state_shardings=state_sh, tx=tx, train_step=train_step, streams=streams, global_batch=gb,
                   counts=pg.count(params, all_labels))
     return setup, state
+
+
+def _master_weight(x):
+    """A trainable leaf as its float32 master copy (array or ShapeDtypeStruct, sharding kept)."""
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.dtype == jnp.float32:
+        return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding)
+    return x.astype(jnp.float32)
 
 
 def group_batches(streams, gb: dict) -> dict:

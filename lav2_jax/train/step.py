@@ -15,7 +15,8 @@ argument. Groups no stream trains (a caption-only step of the joint recipe) keep
 state bit-identical.
 
 State (a plain dict, what the checkpoint holds): `step` int32 [], `params` the trainable tree (float32 master
-weights), `opt_state` (`optax.multi_transform` state over trainable leaves only), `rng` uint32 [2].
+weights), `opt_state` (`optax.multi_transform` state over trainable leaves only), `rng` uint32 [2] (split every
+step; the second half, folded with stream and micro-batch index, is the `dropout` rng of training-only dropout).
 
 Batches: per stream `tokens`/`targets` int32 [B, T], `loss_mask` float32 [B, T], optionally `images` float32
 [B, H, W, 3] and `has_image` bool [B] (`lav2_jax.data.pipeline`). With `accum_steps = k`, B is cut into k
@@ -24,7 +25,9 @@ the per-token loss sums and gradient sums are accumulated and divided once by th
 micro-batches equal one batch k times larger (up to float summation order).
 
 Non-finite loss or gradient norm in a stream: that stream's groups keep their previous parameters and optimizer
-state for the step, and the metrics carry `finite/<group>` = 0 for the trainer to stop on (or to skip).
+state for the step (their schedule count still advances with the global step), its gradients are zeroed before
+anything else sees them, and the metrics carry `finite/<group>` = 0 for the trainer to stop on (or to skip).
+`clip_norm > 0` clips each stream's gradients by that stream's own global norm, never by a norm over streams.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lav2_jax import param_groups as pg
+from lav2_jax.train import optimizer as optim
 from lav2_jax.train.loss import token_loss_sums
 from lav2_jax.train.optimizer import TRAINABLE_GROUPS
 
@@ -106,38 +110,43 @@ def make_step_fn(model: nn.Module, labels: Mapping, tx: optax.GradientTransforma
     check_streams(streams)
     k = int(accum_steps)
 
-    def stream_grads(params, frozen, stream: Stream, mb):
+    def stream_grads(params, frozen, stream: Stream, mb, key):
         active, rest = pg.split(params, labels, stream.groups)
 
         def loss_fn(active):
             full = pg.merge(active, rest, frozen)
             hidden = model.apply({"params": full}, mb["tokens"], mb.get("images"), mb.get("has_image"),
-                                 return_hidden=True)
+                                 segment_ids=mb.get("segment_ids"), positions=mb.get("positions"),
+                                 return_hidden=True,  # packed batches carry segment ids and positions
+                                 rngs={"dropout": key})  # training-only dropout (LoRA dropout, abstractor)
             return token_loss_sums(hidden, full["output"]["kernel"], mb["targets"], mb["loss_mask"], vocab_chunk)
 
         (loss_sum, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(active)
         return grads, loss_sum, n
 
-    def accumulate(params, frozen, batch):
-        def one(mbatch):
-            return [stream_grads(params, frozen, s, mbatch[s.batch_key]) for s in streams]
+    def accumulate(params, frozen, batch, key):
+        def one(mbatch, key):
+            return [stream_grads(params, frozen, s, mbatch[s.batch_key], jax.random.fold_in(key, i))
+                    for i, s in enumerate(streams)]
 
         if k == 1:
-            return one(batch)
+            return one(batch, key)
         micro = jax.tree_util.tree_map(lambda x: _split_micro(x, k), batch)
 
-        def body(carry, mbatch):
-            out = one(mbatch)
+        def body(carry, xs):
+            mbatch, i = xs
+            out = one(mbatch, jax.random.fold_in(key, 1000 + i))
             return jax.tree_util.tree_map(jnp.add, carry, out), None
 
         zero = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(one, jax.tree_util.tree_map(lambda x: x[0],
-                                                                                              micro)))
-        carry, _ = jax.lax.scan(body, zero, micro)
+                                                                                              micro), key))
+        carry, _ = jax.lax.scan(body, zero, (micro, jnp.arange(k)))
         return carry
 
     def step(state, frozen, batch):
         params = state["params"]
-        per_stream = accumulate(params, frozen, batch)
+        rng, dropout_key = jax.random.split(state["rng"])
+        per_stream = accumulate(params, frozen, batch, dropout_key)
         metrics: dict[str, jax.Array] = {}
         grads_parts, ok_groups, norms = [], {}, {}
         for s, (grads, loss_sum, n) in zip(streams, per_stream):
@@ -145,20 +154,20 @@ def make_step_fn(model: nn.Module, labels: Mapping, tx: optax.GradientTransforma
             loss = loss_sum / jnp.maximum(n, 1.0)
             metrics[f"loss/{s.batch_key}"] = loss
             metrics[f"tokens/{s.batch_key}"] = n
-            finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+            stream_norm = optax.global_norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(stream_norm)
             for g in s.groups:
                 norms[g] = optax.global_norm(pg.split(grads, labels, (g,))[0])
                 ok_groups[g] = finite
-            grads_parts.append(grads)
+            grads_parts.append(_clip_or_zero(grads, stream_norm, finite, clip_norm))
         grads = pg.merge(*grads_parts)
         total_norm = optax.global_norm(grads)
-        if clip_norm > 0:
-            grads = jax.tree_util.tree_map(
-                lambda g: jnp.where(total_norm < clip_norm, g, g * (clip_norm / total_norm)), grads)
         idle = tuple(g for g in TRAINABLE_GROUPS if g not in ok_groups)
         if idle:  # groups no stream trains: zero gradients in, previous params and state out
             grads = pg.merge(grads, jax.tree_util.tree_map(jnp.zeros_like, pg.split(params, labels, idle)[0]))
-        updates, new_opt = tx.update(grads, state["opt_state"], params)
+        trained = tuple(ok_groups)  # schedules count global steps, also across skipped ones (logged lr = applied)
+        opt_state = optim.with_schedule_count(state["opt_state"], trained, state["step"])
+        updates, new_opt = tx.update(grads, opt_state, params)
         new_params = _keep(labels, ok_groups, optax.apply_updates(params, updates), params)
         inner = dict(new_opt.inner_states)
         for g in inner:
@@ -168,18 +177,28 @@ def make_step_fn(model: nn.Module, labels: Mapping, tx: optax.GradientTransforma
             else:
                 inner[g] = jax.tree_util.tree_map(lambda n_, o: jnp.where(ok, n_, o), inner[g],
                                                   state["opt_state"].inner_states[g])
-        new_opt = new_opt._replace(inner_states=inner)
+        new_opt = optim.with_schedule_count(new_opt._replace(inner_states=inner), trained, state["step"] + 1)
         for g in TRAINABLE_GROUPS:
             if g in ok_groups:
                 metrics[f"grad_norm/{g}"] = norms[g]
                 metrics[f"finite/{g}"] = ok_groups[g].astype(jnp.float32)
         metrics["grad_norm/total"] = total_norm
         metrics.update(gate_metrics(new_params))
-        rng, _ = jax.random.split(state["rng"])
         new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": new_opt, "rng": rng}
         return new_state, metrics
 
     return step
+
+
+def _clip_or_zero(grads, norm, finite, clip_norm: float):
+    """One stream's gradients clipped by their own global norm (`clip_norm` > 0), so no stream rescales another's
+    update (paper §4.2: independent groups); zeros where the stream is non-finite, so its NaN reaches no other
+    group and no optimizer arithmetic (its groups keep their previous state, see `step`)."""
+    def one(g):
+        if clip_norm > 0:
+            g = jnp.where(norm < clip_norm, g, g * (clip_norm / norm))
+        return jnp.where(finite, g, jnp.zeros_like(g))
+    return jax.tree_util.tree_map(one, grads)
 
 
 def gate_metrics(params: Mapping) -> dict[str, jax.Array]:

@@ -10,7 +10,8 @@ Each host can take its own rows of the global batch (`rows=(start, stop)`), so s
 exactly the batch one process would.
 
 Example layout (length `seq_len + 1` before the shift): BOS, `prompt_len` prompt tokens, answer tokens, EOS, padding;
-`loss_mask` is 1 on the answer tokens and the EOS (targets side), 0 elsewhere.
+`loss_mask` is 1 on the answer tokens and the EOS (targets side), 0 elsewhere. With `image_tokens` (spliced models,
+LLaVA) the prompt opens with that many `image_token_id` placeholders.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ class SyntheticStream:
 
     def __init__(self, name: str, global_batch: int, seq_len: int, vocab: int, *, image_size: int = 0,
                  seed: int = 0, num_examples: int | None = None, prompt_len: int | None = None,
-                 rows: tuple[int, int] | None = None, answer_vocab: int = 0):
+                 rows: tuple[int, int] | None = None, answer_vocab: int = 0, image_tokens: int = 0,
+                 image_token_id: int = -1):
         self.answer_vocab = answer_vocab
+        self.image_tokens, self.image_token_id = image_tokens, image_token_id
         self.name, self.global_batch, self.seq_len, self.vocab = name, global_batch, seq_len, vocab
         self.image_size, self.seed, self.num_examples = image_size, seed, num_examples
         self.prompt_len = seq_len // 3 if prompt_len is None else prompt_len
@@ -44,6 +47,10 @@ class SyntheticStream:
         answer_len = int(rng.integers(max(1, (T - self.prompt_len) // 2), T - self.prompt_len - 1))
         prompt = rng.integers(3, self.vocab, size=self.prompt_len)
         answer = rng.integers(3, 3 + self.answer_vocab if self.answer_vocab else self.vocab, size=answer_len)
+        if self.image_tokens:  # spliced models (LLaVA): the image's placeholders open the prompt
+            if self.image_tokens >= self.prompt_len:
+                raise ValueError(f"{self.image_tokens} image tokens do not fit a {self.prompt_len}-token prompt")
+            prompt[:self.image_tokens] = self.image_token_id
         body = np.concatenate([prompt, answer])
         seq = np.concatenate([[BOS], body, [EOS]]).astype(np.int32)  # length prompt + answer + 2 <= T + 1
         tokens = np.full(T, PAD, np.int32)

@@ -4,17 +4,22 @@
   1. `jax.distributed` when several processes take part (`lav2_jax.train.multihost`), the `(data, fsdp, tensor)`
      mesh from `config.mesh`;
   2. model, frozen base and trainable state on their shardings (`lav2_jax.train.state`), the data iterators;
-  3. resume from the latest checkpoint in `<workdir>/checkpoints` when there is one (state, RNG, data iterators);
+  3. resume from the newest readable checkpoint in `<workdir>/checkpoints` when there is one (state, RNG, data
+     iterators), or from step `resume_from`; an unreadable newer step is reported and moved aside
+     (`Checkpointer.resume`);
   4. loop: host batch → global arrays → jitted step; metrics are fetched one step late so the host prepares the
      next batch while the device works; every `log.every_steps` a line goes to metrics.jsonl / TensorBoard;
      checkpoints every `checkpoint.every_steps` and at the end (async);
   5. SIGTERM (TPU preemption): finish the current step, write a checkpoint, exit cleanly (`preempted` in the result);
   6. a non-finite loss or gradient stops the run with `NonFiniteError` naming step, group and the last good
      checkpoint (`nan_policy="stop"`), or skips that group's update and goes on (`"skip"`). The step itself never
-     applies a non-finite update, so every checkpoint holds finite parameters.
+     applies a non-finite update, so every checkpoint holds finite parameters. A data worker process that dies
+     stops the run with `DataWorkerError` (step, the worker's exit, the checkpoint to resume from).
 
 `config.fault` injects failures for the resume tests: `kill_after_step` SIGKILLs the process once that step and
-every checkpoint started before it are complete; `sigterm_after_step` sends the process a real SIGTERM.
+every checkpoint started before it are complete; `kill_during_save` SIGKILLs it `kill_delay_s` after the async
+checkpoint write of that step started; `kill_in_data_state` SIGKILLs it while the checkpoint of that step holds the
+data iterators' state but nothing is written yet; `sigterm_after_step` sends the process a real SIGTERM.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 from lav2_jax.train import multihost
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.checkpointing import Checkpointer
-from lav2_jax.train.data import make_data
+from lav2_jax.train.data import make_data, next_batch
 from lav2_jax.train.logging import MetricsLogger, measure_matmul_peak, train_flops_per_token
 from lav2_jax.train.mesh import global_batch, mesh_from_config
 from lav2_jax.train.optimizer import TRAINABLE_GROUPS, group_learning_rates
@@ -125,6 +130,12 @@ class _Loop:
         self.logger.log(step, m)
         self.window_start, self.window_work, self.window_tokens = time.time(), 0.0, 0
 
+    def resume_hint(self) -> str:
+        """Where a rerun of the same command resumes (for errors that stop the run)."""
+        if self.last_good is None:
+            return "no checkpoint written yet"
+        return f"rerun to resume from step {self.last_good} in {self.ckpt.directory}"
+
     def save(self, step: int, state, data, force: bool = False) -> None:
         meta = {"step": step, "base_checkpoint": self.config.model.get("base_checkpoint", ""),
                 "config": self.config.to_dict(), "losses": {k: v for k, v in self.last_metrics.items()
@@ -133,17 +144,35 @@ class _Loop:
             self.last_good = step
 
 
-def train(config, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) the configured training in `workdir`; returns a summary dict."""
+def _fault_hook(fault) -> Any:
+    """`Checkpointer` failure injection from `config.fault` (SIGKILL inside a checkpoint save)."""
+    during, in_data = int(fault.get("kill_during_save", -1)), int(fault.get("kill_in_data_state", -1))
+    delay = float(fault.get("kill_delay_s", 0.0))
+
+    def hook(stage: str, step: int) -> None:
+        if (stage == "async_write" and step == during) or (stage == "data_state" and step == in_data):
+            time.sleep(delay)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def train(config, workdir: str, resume_from: Optional[int] = None) -> dict[str, Any]:
+    """Runs (or resumes) the configured training in `workdir`; returns a summary dict.
+
+    `resume_from`: restore that checkpoint step (newer ones are moved aside) instead of the newest readable one.
+    """
     multihost.initialize(config.get("distributed"))
     mesh = mesh_from_config(config.mesh)
     setup, state = state_lib.build(config, mesh)
     data = make_data(config, setup)
+    fault = config.get("fault", {})
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), int(config.checkpoint.every_steps),
-                        int(config.checkpoint.keep), bool(config.checkpoint.use_async))
-    start = ckpt.latest_step() or 0
+                        int(config.checkpoint.keep), bool(config.checkpoint.use_async), _fault_hook(fault))
+    start, restored, data_state, _ = ckpt.resume(state_lib.abstract_state(setup, state), resume_from,
+                                                 warn=lambda text: print(f"lav2 train: {text}", flush=True))
     if start:
-        state, data_state, _ = ckpt.restore(start, state_lib.abstract_state(setup, state))
+        state = restored
         data.set_state(data_state)
     total = int(config.total_steps)
     logger = MetricsLogger(workdir, total, start, enabled=multihost.is_main(),
@@ -151,14 +180,13 @@ def train(config, workdir: str) -> dict[str, Any]:
     loop = _Loop(config, workdir, setup, ckpt, logger)
     logger.message(f"lav2 train: {setup.counts} parameters; mesh {dict(mesh.shape)}; "
                    + (f"resumed from step {start}" if start else "starting at step 0"))
-    fault = config.get("fault", {})
     preempted = False
     try:
         with _Preemption() as preemption:
             pending = None
             step = start
             while step < total:
-                host_batch = next(data)
+                host_batch = next_batch(data, step + 1, loop.resume_hint())
                 loop.account(step + 1, host_batch)
                 state, metrics = setup.train_step(state, setup.frozen, global_batch(host_batch, mesh))
                 step += 1

@@ -4,7 +4,8 @@ OpenAI weights (a plain state dict, or the TorchScript archive `ViT-L-14.pt`): `
 ignored. Hugging Face: a directory (`config.json` + weights) of `CLIPModel` / `CLIPVisionModelWithProjection`
 (`vision_model.*` + `visual_projection.weight`). The VisionConfig comes from tensor shapes: width and patch from
 the patch embedding, depth from the block count, resolution from the positional table, output size from the
-projection; heads are width/64 (OpenAI's rule) unless given.
+projection; heads are width/64 (OpenAI's rule) unless given (`--clip-heads`); a width that is not a multiple of 64
+without given heads, or given heads that do not divide the width, is an error (never a silently wrong head count).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
 from lav2_jax.config import VisionConfig
 
+HF_ROOT = "vision_model."
 OPENAI_IGNORE = (r"^(?!visual\.)",)
 HF_IGNORE = (r"^(?!vision_model\.|visual_projection\.)", r"position_ids$")
 
@@ -68,16 +70,34 @@ def infer_vision(by_key: dict, fmt: str, where: str, heads: Optional[int] = None
         raise ValueError(f"{where}: missing key {fc!r}")
     mlp_ratio = by_key[fc].shape(fc)[0] / width
     return VisionConfig(image_size=grid * patch, patch_size=patch, width=width, layers=depth,
-                        heads=heads or max(width // 64, 1), mlp_ratio=mlp_ratio, output_dim=out_dim,
+                        heads=vision_heads(width, heads, where), mlp_ratio=mlp_ratio, output_dim=out_dim,
                         weight_dtype=weight_dtype, dtype=weight_dtype)
 
 
-def clip_plan(v: VisionConfig, by_key: dict, fmt: str, where: str) -> list:
-    """LeafPlans of the `clip/...` subtree from an OpenAI (`fmt='openai'`) or HF (`'hf'`) state dict."""
+def vision_heads(width: int, heads: Optional[int], where: str) -> int:
+    """`heads` checked against `width`, or width / 64 (OpenAI's rule) when not given and 64 divides the width."""
+    if heads is None:
+        if width % 64:
+            raise ValueError(f"{where}: the vision width {width} is not a multiple of 64, so its attention heads "
+                             "cannot be derived (width / 64); give them with --clip-heads N")
+        return width // 64
+    if heads <= 0 or width % heads:
+        raise ValueError(f"{where}: --clip-heads {heads} does not divide the vision width {width}")
+    return int(heads)
+
+
+def clip_plan(v: VisionConfig, by_key: dict, fmt: str, where: str, root: str = HF_ROOT) -> list:
+    """LeafPlans of the `clip/...` subtree from an OpenAI (`fmt='openai'`) or HF (`'hf'`) state dict.
+
+    `root` replaces the HF keys' `vision_model.` (e.g. `vision_tower.vision_model.` or `vision_tower.` in LLaVA
+    files, `` in a transformers-5 `CLIPVisionModel` save). `v.output_dim == 0`: no `proj` leaf (and none read).
+    """
     D, M, P, T, O = v.width, int(v.width * v.mlp_ratio), v.patch_size, v.num_tokens, v.output_dim
     top, names = TOP[fmt], _names(fmt)
 
     def ref(key, shape):
+        if fmt == "hf" and key.startswith(HF_ROOT):
+            key = root + key[len(HF_ROOT):]
         if key not in by_key:
             raise ValueError(f"{where}: missing key {key!r}")
         return [Ref(by_key[key], key, tuple(shape))]
@@ -89,9 +109,10 @@ def clip_plan(v: VisionConfig, by_key: dict, fmt: str, where: str) -> list:
     proj_shape = (D, O) if fmt == "openai" else (O, D)
     plan = [single(("clip", "conv1", "kernel"), (P, P, 3, D), ref(top["conv"], (D, 3, P, P)), _conv),
             single(("clip", "class_embedding"), (D,), ref(top["cls"], (D,)), ops.first),
-            single(("clip", "positional_embedding"), (T, D), ref(top["pos"], (T, D)), ops.first),
-            single(("clip", "proj"), (D, O), ref(top["proj"], proj_shape),
-                   ops.first if fmt == "openai" else ops.linear(0))]
+            single(("clip", "positional_embedding"), (T, D), ref(top["pos"], (T, D)), ops.first)]
+    if O:
+        plan.append(single(("clip", "proj"), (D, O), ref(top["proj"], proj_shape),
+                           ops.first if fmt == "openai" else ops.linear(0)))
     plan += ln(("ln_pre", top["ln_pre"])) + ln(("ln_post", top["ln_post"]))
 
     def per_block(leaf, shape, key_fn, fn):

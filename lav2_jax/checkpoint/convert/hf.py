@@ -86,14 +86,17 @@ def weight_files(directory: str) -> tuple[dict, list]:
     raise ValueError(f"{directory}: no model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
 
 
-def hf_llama_plan(c: ModelConfig, by_key: dict, tied: bool, where: str) -> list:
+def hf_llama_plan(c: ModelConfig, by_key: dict, tied: bool, where: str, prefix: str = "") -> list:
+    """LeafPlans of the LLaMA from HF keys; `prefix` precedes every key (`language_model.` in multimodal files)."""
     def ref(key, shape):
+        key = prefix + key
         if key not in by_key:
             raise ValueError(f"{where}: missing key {key!r}")
         return [Ref(by_key[key], key, shape)]
 
     emb = ref("model.embed_tokens.weight", (c.vocab_size, c.dim))
-    head = emb if (tied or "lm_head.weight" not in by_key) else ref("lm_head.weight", (c.vocab_size, c.dim))
+    untied = not tied and prefix + "lm_head.weight" in by_key
+    head = ref("lm_head.weight", (c.vocab_size, c.dim)) if untied else emb
     plan = [single(("tok_embeddings", "embedding"), (c.vocab_size, c.dim), emb, ops.first),
             single(("output", "kernel"), (c.dim, c.vocab_size), head, ops.linear(0)),
             single(("norm", "scale"), (c.dim,), ref("model.norm.weight", (c.dim,)), ops.first)]

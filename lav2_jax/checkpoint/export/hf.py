@@ -6,6 +6,8 @@ Per linear (our kernel K [in, out], bias b [out], scale s, LoRA A [in, r], B [r,
   HF weight = K'.T. Any bias on q/k/v/o → `attention_bias=True` (absent ones written as zeros); on the FFN →
   `mlp_bias=True`. Norms copy. Our RoPE layout is HF's, so nothing is permuted.
 Refused (ValueError with the reason): adapter prompts or visual fusion, which a plain Llama cannot express.
+LLaVA checkpoints export as `LlavaForConditionalGeneration` (`lav2_jax.checkpoint.export.llava`): the Llama under
+`language_model.`, plus the tower and the projector.
 Streamed: one safetensors file per linear (all layers' q_proj, …), one for the norms and one for embeddings and head,
 with `model.safetensors.index.json`; only the leaves of the file being written are read (host memory ≈ one stacked
 kernel, not the model).
@@ -21,6 +23,7 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
+from lav2_jax.checkpoint.export import llava
 from lav2_jax.config import LINEAR_NAMES
 
 HF = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
@@ -29,6 +32,8 @@ ATTN = ("wq", "wk", "wv", "wo")
 
 
 def check_mergeable(a, where: str) -> None:
+    if a.splice is not None:
+        llava.check_exportable(a, where)
     if a.has_prompts or a.has_visual:
         what = [w for w, on in (("adapter prompts", a.has_prompts), (f"{a.visual_fusion} visual fusion",
                                                                       a.has_visual)) if on]
@@ -76,7 +81,8 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
                          rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
                          attention_bias=attn_bias, mlp_bias=mlp_bias, dtype=dtype)
     t = lambda x: torch.from_numpy(np.array(x, np.float32, copy=True, order="C")).to(tdtype)  # noqa: E731
-    layer = lambda i, name: f"model.layers.{i}.{name}"  # noqa: E731
+    pre = "" if a.splice is None else llava.LANGUAGE_PREFIX  # LLaVA: the Llama inside LlavaForConditionalGeneration
+    layer = lambda i, name: f"{pre}model.layers.{i}.{name}"  # noqa: E731
 
     def linear(name: str) -> dict:
         leaf = {k[-1]: v for k, v in read([k for k in keys if k[:3] == ("layers", group(name), name)]).items()}
@@ -90,7 +96,7 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
 
     def norms() -> dict:
         flat = read([("layers", "attention_norm", "scale"), ("layers", "ffn_norm", "scale"), ("norm", "scale")])
-        tensors = {"model.norm.weight": t(flat[("norm", "scale")])}
+        tensors = {pre + "model.norm.weight": t(flat[("norm", "scale")])}
         for i in range(c.n_layers):
             tensors[layer(i, "input_layernorm.weight")] = t(flat[("layers", "attention_norm", "scale")][i])
             tensors[layer(i, "post_attention_layernorm.weight")] = t(flat[("layers", "ffn_norm", "scale")][i])
@@ -98,11 +104,15 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
 
     def embeddings() -> dict:
         flat = read([("tok_embeddings", "embedding"), ("output", "kernel")])
-        return {"model.embed_tokens.weight": t(flat[("tok_embeddings", "embedding")]),
-                "lm_head.weight": t(np.asarray(flat[("output", "kernel")], np.float32).T)}
+        return {pre + "model.embed_tokens.weight": t(flat[("tok_embeddings", "embedding")]),
+                pre + "lm_head.weight": t(np.asarray(flat[("output", "kernel")], np.float32).T)}
 
     # One file per stacked leaf group, so only one group is in host memory at a time.
     parts = [functools.partial(linear, n) for n in LINEAR_NAMES] + [norms, embeddings]
+    if a.splice is not None:
+        hf_cfg = llava.llava_config(hf_cfg, model)
+        parts += [functools.partial(llava.vision_tensors, read, keys, model.vision, t),
+                  functools.partial(llava.projector_tensors, read, keys, t)]
     fname = lambda j: f"model-{j + 1:05d}-of-{len(parts):05d}.safetensors"  # noqa: E731
     weight_map: dict[str, str] = {}
     with atomic_directory(out_dir, overwrite) as tmp:

@@ -1,0 +1,34 @@
+"""LLaVA-1.5 stage 1 (feature alignment, LLaVA paper §4.2; `scripts/v1_5/pretrain.sh`): LCS-558K image–caption
+pairs with the `plain` template, only the `mlp2x_gelu` projector trains; Vicuna-7B v1.5 and CLIP ViT-L/14-336
+(576 visual tokens per image, hidden state −2, CLS dropped) stay frozen.
+
+  lav2 data build --kind conversation --src blip_laion_cc_sbu_558k.json --image-root LCS-558K/images \
+      --out data/lcs558k
+  lav2 train --config configs/llava15_stage1_7b.py --workdir runs/llava15_stage1 \
+      --config.model.base_checkpoint=ckpt/vicuna-7b-clip336 --config.data.tokenizer=ckpt/vicuna-7b-clip336/tokenizer \
+      --config.data.train.path=data/lcs558k
+
+Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 256, lr 1e-3, 1 epoch (558,128 samples → 2180
+steps), warm-up ratio 0.03 (⌈0.03 · 2180⌉ = 66 steps), cosine to 0, weight decay 0, max length 2048 (image tokens
+included), AdamW with the Hugging Face Trainer's defaults (β 0.9/0.999, ε 1e-8, clip 1.0), bf16, gradient
+checkpointing; stage 1 uses the plain CLIP preprocessing (`square`). The original's `group_by_modality_length` and
+ZeRO-2 are replaced by right-padded length buckets and FSDP.
+"""
+
+from lav2_jax.train.defaults import pod_config
+from lav2_jax.train.llava_config import add_llava_fields, llava_group
+
+SAMPLES, BATCH = 558128, 256
+
+
+def get_config():
+    steps = SAMPLES // BATCH
+    c = pod_config("llama2-7b", "none", "vit-l-14-336", "llava-stage1", "full", steps)
+    add_llava_fields(c, projector="mlp2x_gelu", template="plain", image_aspect="square")
+    c.batch.train = BATCH
+    c.optim.caption = llava_group(1e-3, steps)       # the projector
+    c.optim.instruction = llava_group(1e-3, steps)   # (no trainable leaf in stage 1)
+    c.optim.clip_norm = 1.0
+    c.data.train.max_len = 2048
+    c.log.every_steps = 10
+    return c

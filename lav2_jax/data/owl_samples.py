@@ -1,0 +1,93 @@
+"""From a stored record to one mPLUG-Owl training sequence (SEED_SYSTEMS.md §3.3; mPLUG-Owl paper §4).
+
+Segments come from `lav2_jax.owl_templates`. Token rule (the release's): one BOS, then every text segment is
+tokenized on its own (`tok.encode`: the dummy prefix, no special tokens), an `IMAGE` segment becomes
+`n_image_tokens` (Q + 1) copies of `image_token_id`, an `EOS` segment the tokenizer's EOS id. ``tokens =
+ids[:-1]``, ``targets = ids[1:]``, ``loss_mask[k] = 1`` where ``targets[k]`` belongs to an answer (the answers and
+the EOS after each); image tokens, system text, ``Human:`` turns and padding carry none.
+
+Truncation keeps the first `max_len` positions. A sample is dropped (None, the pipeline counts it) when no answer
+token survives (the release would give a NaN loss for it) or when the cut would split an image's tokens.
+
+Images (`preprocess_image`): training = RandomResizedCrop(size, scale 0.5–1, bicubic) + horizontal flip (p 0.5),
+evaluation = a bicubic resize to size × size (no crop); then the CLIP normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from lav2_jax import owl_templates as ot
+from lav2_jax.conversation_templates import EOS, IMAGE
+from lav2_jax.data.samples import Tokenized, _text, kind_of
+from lav2_jax.data.tokenizer import Tokenizer
+
+TRAIN_SCALE = (0.5, 1.0)
+
+
+def encode(tok: Tokenizer, segments: Sequence[tuple[str, bool]], n_image_tokens: int, image_token_id: int
+           ) -> tuple[list[int], list[bool]]:
+    """BOS + segments → (ids, is_answer); each text segment tokenized separately."""
+    ids, answer = [tok.bos_id], [False]
+    for text, is_answer in segments:
+        if text == IMAGE:
+            if n_image_tokens <= 0:
+                raise ValueError("an <image> segment needs n_image_tokens > 0 (the model's visual token count)")
+            piece = [image_token_id] * n_image_tokens
+            is_answer = False
+        elif text == EOS:
+            piece = [tok.eos_id]
+        else:
+            piece = list(tok.encode(text)) if text else []
+        ids += piece
+        answer += [bool(is_answer)] * len(piece)
+    return ids, answer
+
+
+def tokenize(tok: Tokenizer, segments: Sequence[tuple[str, bool]], max_len: int, n_image_tokens: int,
+             image_token_id: int) -> Optional[Tokenized]:
+    """Tokens/targets/loss_mask truncated to `max_len`; None when no answer survives or an image would be cut."""
+    from lav2_jax.data.llava_samples import truncate
+
+    return truncate(*encode(tok, segments, n_image_tokens, image_token_id), max_len, n_image_tokens, image_token_id)
+
+
+def record_segments(record: Mapping[str, Any], caption_index: int = 0):
+    """Owl template segments of a stored record (conversation, instruction = one text-only turn, caption)."""
+    kind = kind_of(record)
+    if kind == "caption":
+        captions = record["captions"]
+        return ot.caption_segments(_text(captions[caption_index % len(captions)]))
+    if kind == "instruction":
+        question, extra = _text(record["instruction"]), _text(record["input"])
+        turns = [("human", question + ("\n" + extra if extra.strip() else "")), ("assistant", _text(record["output"]))]
+        return ot.training_segments(turns)
+    turns = [(_text(r), _text(v)) for r, v in zip(record["roles"], record["values"])]
+    has_image = bool(record.get("has_image", False))
+    where = int(record.get("image_turn", 0) if record.get("image_turn") is not None else 0) if has_image else -1
+    return ot.training_segments(turns, where, _text(record.get("system", b"")) or None)
+
+
+def tokenize_record(tok: Tokenizer, record: Mapping[str, Any], caption_index: int, max_len: int,
+                    n_image_tokens: int, image_token_id: int) -> Optional[Tokenized]:
+    return tokenize(tok, record_segments(record, caption_index), max_len, n_image_tokens, image_token_id)
+
+
+def preprocess_image(src, size: int, rng: Optional[np.random.Generator] = None, channel_order: str = "rgb", *,
+                     name: Optional[str] = None) -> np.ndarray:
+    """float32 [size, size, 3]: training augmentation when `rng` is given, else the evaluation resize."""
+    from PIL import Image
+
+    from lav2_jax.data import images
+
+    img = src if isinstance(src, Image.Image) else images.decode(src, name=name)
+    if rng is None:
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    else:
+        box = images.random_resized_crop_box(img.width, img.height, rng, scale=TRAIN_SCALE)
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return images.normalize(np.asarray(img), channel_order)

