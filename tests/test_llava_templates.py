@@ -220,8 +220,10 @@ def test_data_build_conversation_to_llava_batches(tmp_path, tok):
 def test_pad_to_square_fills_mean_colour():
     from PIL import Image
 
+    from lav2_jax.data.images import expand_to_square
+
     img = Image.new("RGB", (30, 10), (255, 0, 0))
-    sq = llava_samples.pad_to_square(img)
+    sq = expand_to_square(img)
     assert sq.size == (30, 30) and sq.getpixel((0, 0)) == (122, 116, 104) and sq.getpixel((15, 15)) == (255, 0, 0)
 
 

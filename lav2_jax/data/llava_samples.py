@@ -118,30 +118,10 @@ def preprocess_image(src, size: int, aspect: str = "square", channel_order: str 
 
     `square`: the CLIP preprocessing (`images.preprocess`: bicubic short-side resize, centre crop, normalise).
     `pad` (LLaVA-1.5 `image_aspect_ratio`): first paste the image centred on a square canvas of its longer side
-    filled with the mean colour ``int(255 · CLIP_MEAN)`` = (122, 116, 104), then the same.
+    filled with the mean colour ``int(255 · CLIP_MEAN)`` = (122, 116, 104) (`images.expand_to_square`), then the same.
     """
-    from PIL import Image
-
     from lav2_jax.data import images
 
-    if aspect == "square":
-        return images.preprocess(src, size, channel_order, name=name)
-    if aspect != "pad":
+    if aspect not in ("square", "pad"):
         raise ValueError(f"image_aspect must be square or pad, got {aspect!r}")
-    img = src if isinstance(src, Image.Image) else images.decode(src, name=name)
-    return images.preprocess(pad_to_square(img), size, channel_order)
-
-
-def pad_to_square(img):
-    """A PIL RGB image centred on a square canvas of its longer side, filled with ``int(255 · CLIP_MEAN)``."""
-    from PIL import Image
-
-    from lav2_jax.data.images import CLIP_MEAN
-
-    w, h = img.size
-    if w == h:
-        return img
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), tuple(int(255 * m) for m in CLIP_MEAN))
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    return canvas
+    return images.preprocess(src, size, channel_order, name=name, aspect_ratio=aspect)
