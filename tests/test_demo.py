@@ -12,6 +12,7 @@ from lav2_jax.checkpoint import save_pretrained
 from lav2_jax.cli.main import main
 from lav2_jax.demo import scenes as sc
 from lav2_jax.demo.report import CONDITIONS
+from lav2_jax.demo.run import QUICK_TRAIN_STEPS
 from lav2_jax.model.factory import build_model, init_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,6 +47,8 @@ def test_demo_quick_report(demo_dir):
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "caption_accuracy" in (demo_dir / "report.md").read_text()
     rows = [json.loads(line) for line in open(demo_dir / "train" / "metrics.jsonl")]
+    # The exported checkpoint is the run's last step (not the first one, which the save interval also keeps).
+    assert os.listdir(demo_dir / "train" / "checkpoints") == [str(QUICK_TRAIN_STEPS)]
     assert all("loss/caption" in r and "loss/instruction" in r and "gate/visual" in r for r in rows)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(demo_dir / "train" / "tb"))
 

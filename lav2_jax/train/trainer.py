@@ -196,7 +196,7 @@ def train(config, workdir: str, resume_from: Optional[int] = None) -> dict[str, 
                 if ckpt.should_save(step) or step == total:
                     loop.finish(*pending)
                     pending = None
-                    loop.save(step, state, data)
+                    loop.save(step, state, data, force=step == total)  # the final step whatever the interval
                 if step == int(fault.get("kill_after_step", -1)):
                     jax.block_until_ready(state)
                     ckpt.wait()
