@@ -11,7 +11,7 @@ Images: at most one per request (the model fuses one image into the whole prompt
 as a data URL ``data:image/<type>;base64,<data>``. http(s) URLs are refused with 400 (the server never fetches),
 and so is anything else (a file path or file:// URL: a request never names a path on the server's disk). The
 decoded bytes and the pixel count (read from the header before decoding) are capped (413); then
-`lav2_jax.data.images.decode` + `preprocess` give float32 [S, S, 3] in the checkpoint's channel order.
+`lav2_jax.data.images.decode` + `inference.experts.load_for_model` give float32 [S, S, 3] as every front end does.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def model_image(bundle, data: bytes, limits: Limits, where: str) -> np.ndarray:
     """Image file bytes → the model's preprocessed float32 [S, S, 3]; pixel count checked before decoding."""
     from PIL import Image, UnidentifiedImageError
 
-    from lav2_jax.data.images import ImageError, decode, preprocess
+    from lav2_jax.data.images import ImageError, decode
+    from lav2_jax.inference.experts import load_for_model
 
     vision = bundle.model.vision
     if vision is None:
@@ -112,7 +113,7 @@ def model_image(bundle, data: bytes, limits: Limits, where: str) -> np.ndarray:
         raise ApiError(413, f"{where}: the image has {width}x{height} = {width * height} pixels; this server's "
                             f"limit is {limits.max_image_pixels}", param=where, code="image_too_large")
     try:
-        return preprocess(decode(data, name=where), vision.image_size, bundle.channel_order)
+        return load_for_model(bundle, decode(data, name=where))  # size, channel order, LLaVA's pad
     except ImageError as e:
         raise ApiError(400, str(e), param=where) from None
 
