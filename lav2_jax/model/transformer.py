@@ -120,9 +120,10 @@ class Transformer(nn.Module):
         if a.has_visual and not decode:
             if visual_tokens is None and images is not None and images.ndim == 5:  # packed: one image per segment
                 S = images.shape[1]
-                tokens = self._encode_images(images.reshape((B * S,) + images.shape[2:]), has_image.reshape(-1), B * S)
+                per_image = self._encode_images(images.reshape((B * S,) + images.shape[2:]), has_image.reshape(-1),
+                                                B * S)
                 visual_tokens, shared["visual_segments"] = flatten_segment_prompts(
-                    tokens.reshape((B, S) + tokens.shape[1:]), has_image if a.visual_fusion == "early" else None)
+                    per_image.reshape((B, S) + per_image.shape[1:]), has_image if a.visual_fusion == "early" else None)
                 has_image = has_image.any(axis=1)
             if visual_tokens is None:
                 visual_tokens = self._encode_images(images, has_image, B)
