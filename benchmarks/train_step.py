@@ -1,28 +1,41 @@
 """Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (DESIGN.md §7).
 
-    .venv/bin/python benchmarks/train_step.py [--configs s,m] [--iters 5] [--warmup 2] [--streams equal,alpaca]
+    .venv/bin/python benchmarks/train_step.py [--configs s,m] [--iters 5] [--warmup 2]
+        [--streams equal,equal-finetune,alpaca] [--layout unrolled|scan] [--vocab-chunk 0]
 
-litgpt is not a dependency: `.venv/bin/pip install litgpt==0.5.13` adds its rows; without it they report the
-install command and the lav2_jax rows still run.
+litgpt is not a dependency: without it the lav2_jax rows still run and a line prints the install command
+(`LITGPT_INSTALL`: `--no-deps`, because its resolver would downgrade huggingface_hub).
 
-Streams: `equal` — every row 256 real tokens (equal padded tokens for every implementation). `alpaca` — an
-instruction stream whose sample lengths follow an Alpaca-like distribution: log-normal with median 128 tokens and
-σ = 0.6, clipped to 24..512 (a stand-in chosen to have most samples well under 200 tokens, like Alpaca; it is not
-fitted to the real dataset). Each implementation batches it its default way: lav2_jax packs 4 rows of 512
-(`lav2_jax.data.packing`), litgpt pads 4 samples to their longest, and "pad-512" is our own step under the
-release's policy (every sample padded to 512). Real tokens/s counts non-padding tokens only.
+Streams (trainable sets: `all` = every adapter leaf, lav2_jax recipe `all-adapters`, litgpt
+`mark_only_adapter_v2_as_trainable`; `finetune` = the release finetune stage's set, norms and the linears' biases
+and scales, lav2_jax `release-finetune`, litgpt its norms + `adapter_bias` + `adapter_scale`):
+  equal           every row 256 real tokens, 4 × 256 for every implementation; trainable set `all`
+  equal-finetune  the same batch; trainable set `finetune`
+  alpaca          an instruction stream whose sample lengths follow an Alpaca-like distribution: log-normal with
+                  median 128 tokens and σ = 0.6, clipped to 24..512 (mean ≈ 153; a stand-in chosen to have most
+                  samples well under 200 tokens, like Alpaca; not fitted to the real dataset); trainable set `all`.
+                  Each implementation batches it its default way, one new batch per step: lav2_jax packs 4 rows of
+                  512 (`lav2_jax.data.packing.Packer`, first fit), litgpt pads 4 samples to their longest, and
+                  "pad-512" is our own step under the release's policy (every sample padded to 512).
+Real tokens/s counts non-padding tokens only: the median over timed steps of (real tokens ÷ step time).
 
 Configurations (DESIGN.md §7): S = `bench-s`, M = `bench-m` (~1.1B), float32, release-like adapter (bias on wq wo w1
-w2 w3, trainable norms, 10 prompt tokens in the last n_layers-1 layers, tanh gates; no vision), one step on
-4 × 256 tokens, every adapter leaf trained (`all-adapters`, recipe `full`).
+w2 w3, trainable norms, 10 prompt tokens in the last n_layers-1 layers, tanh gates; no vision).
+lav2_jax runs its CPU settings by default: layers unrolled over unstacked weights (`ModelConfig.scan_layers=False`;
+`--layout scan` is the TPU layout), attention in causal query blocks (`ModelConfig.attention="blocked"`: the score
+blocks above the diagonal are never computed; `--attention xla` is the full T × T path) and the loss over
+whole-vocabulary logits (`loss.vocab_chunk=0`: no recompute of the head in the backward pass; the chunked loss is
+for accelerator memory).
 Peer: litgpt 0.5.13 `adapter_v2` GPT with the same sizes (LLaMA MLP, RMSNorm, no linear biases, full RoPE,
-prompts from layer 1), `mark_only_adapter_v2_as_trainable`, AdamW; its adapter kv-cache is cleared before every
-step (litgpt issue #1287). litgpt's adapter has a bias+scale on *every* linear (incl. wk, wv and the head), so
-its trainable set is a little larger; the table lists both counts.
+prompts from layer 1), AdamW; its adapter kv-cache is cleared before every step (litgpt issue #1287). litgpt's
+adapter has a bias+scale on *every* linear (incl. wk, wv and the head), so its trainable set is a little larger;
+the table lists both counts.
 
-Each measurement runs in its own subprocess (so peak RSS is that framework's alone): median of `--iters` timed
-steps after `--warmup` untimed ones (the first includes compilation). MFU = tokens/s × (4·N_matmul + 12·L·T·d)
-/ peak, with the peak the best n×n×n float32 matmul rate measured here (JAX and torch, n = 2048).
+Each measurement runs in its own subprocess (so peak RSS is that framework's alone): `--iters` timed steps after
+`--warmup` untimed ones (the first includes compilation). MFU = real tokens/s × (4·N_matmul + 12·L·T·d) / peak,
+T the row length, peak the best n×n×n float32 matmul rate measured by the same run (JAX and torch, n = 2048, best
+of several tries) or `--peak-gflops`; so padding counts as waste. On a loaded machine the measured peak is low and
+MFU reads high: pass the quiet machine's peak. The load column is the 1-minute load average when the row finished.
 """
 
 from __future__ import annotations
@@ -42,6 +55,18 @@ sys.path.insert(0, ROOT)
 
 BATCH, SEQ = 4, 256
 PRESETS = {"s": "bench-s", "m": "bench-m"}
+LITGPT_INSTALL = (".venv/bin/pip install --no-deps litgpt==0.5.13 lightning==2.6.6 lightning-utilities==0.15.3 "
+                  "torchmetrics==1.9.0")
+# trainable set → (param_recipe, step recipe, batch key): every adapter leaf, or the release finetune stage's set
+JAX_TRAINABLE = {"all": ("all-adapters", "full", "train"), "finetune": ("release-finetune", "finetune", "instruction")}
+# stream → (child kind, batching mode, trainable set, label) rows in measuring order (the first: the ratios' base)
+RUNS = {
+    "equal": (("jax", "equal", "all", "lav2_jax"), ("litgpt", "equal", "all", "litgpt adapter_v2")),
+    "equal-finetune": (("jax", "equal", "finetune", "lav2_jax"), ("litgpt", "equal", "finetune", "litgpt adapter_v2")),
+    "alpaca": (("jax", "packed", "all", "lav2_jax packed"),
+               ("jax", "pad512", "all", "lav2_jax pad-512 (release policy)"),
+               ("litgpt", "longest", "all", "litgpt adapter_v2 pad-to-longest")),
+}
 
 
 def peak_rss_mb() -> float:
@@ -66,9 +91,11 @@ def alpaca_lengths(n: int, seed: int = 0) -> list[int]:
     return [int(v) for v in np.clip(np.round(x), ALPACA_MIN, ALPACA_MAX)]
 
 
-def stream_batch(mode: str, vocab: int) -> tuple[dict, int]:
-    """(numpy batch, real tokens) for `mode`: equal (4 × 256), packed (4 × 512 packed), pad512 (4 samples × 512),
-    longest (4 samples padded to their longest, litgpt's default)."""
+def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int]]:
+    """`n` (numpy batch, real tokens) pairs for `mode`: equal (4 × 256, the same batch each time); on the Alpaca-like
+    stream consecutive batches of it: packed (4 rows × 512, first fit in stream order, the batch closes at the
+    first sample that does not fit, like the pipeline), pad512 (4 samples × 512, the release), longest (4 samples
+    padded to their longest, litgpt's default)."""
     import numpy as np
 
     from lav2_jax.data.packing import DROPPED_KEY, Packer
@@ -76,30 +103,40 @@ def stream_batch(mode: str, vocab: int) -> tuple[dict, int]:
     if mode == "equal":
         rng = np.random.default_rng(0)
         t = rng.integers(3, vocab, (BATCH, SEQ + 1)).astype(np.int32)
-        return {"tokens": t[:, :-1], "targets": t[:, 1:], "loss_mask": np.ones((BATCH, SEQ), np.float32)}, BATCH * SEQ
+        b = {"tokens": t[:, :-1], "targets": t[:, 1:], "loss_mask": np.ones((BATCH, SEQ), np.float32)}
+        return [(b, BATCH * SEQ)] * n
     rng = np.random.default_rng(1)
     samples = []
-    for n in alpaca_lengths(256):
-        t = rng.integers(3, vocab, n + 1).astype(np.int32)
-        samples.append({"tokens": t[:-1], "targets": t[1:], "loss_mask": np.ones(n, np.float32), DROPPED_KEY: 0})
+    for length in alpaca_lengths(40 * n + 64):
+        t = rng.integers(3, vocab, length + 1).astype(np.int32)
+        samples.append({"tokens": t[:-1], "targets": t[1:], "loss_mask": np.ones(length, np.float32),
+                        "has_image": False, DROPPED_KEY: 0})
+    out = []
+    it = iter(samples)
     if mode == "packed":
-        packer = Packer(BATCH, 512, (512,), False, None)
-        for smp in samples:
-            if not packer.add(smp):
-                break
-        b = packer.batch()
-        return {k: v for k, v in b.items() if not k.startswith("_") and k != "has_image"}, int(b["loss_mask"].sum())
-    chosen = samples[:BATCH]
-    T = 512 if mode == "pad512" else max(len(smp["tokens"]) for smp in chosen)
-    out = {k: np.zeros((BATCH, T), np.float32 if k == "loss_mask" else np.int32)
-           for k in ("tokens", "targets", "loss_mask")}
-    for i, smp in enumerate(chosen):
-        for k in out:
-            out[k][i, :len(smp[k])] = smp[k]
-    return out, int(out["loss_mask"].sum())
+        held = next(it)
+        while len(out) < n:
+            packer = Packer(BATCH, 512, (512,), False, None)
+            while packer.add(held):
+                held = next(it)
+            b = packer.batch()
+            out.append(({k: v for k, v in b.items() if not k.startswith("_") and k != "has_image"},
+                        int(b["loss_mask"].sum())))
+        return out
+    while len(out) < n:
+        chosen = [next(it) for _ in range(BATCH)]
+        T = 512 if mode == "pad512" else max(len(smp["tokens"]) for smp in chosen)
+        b = {k: np.zeros((BATCH, T), np.float32 if k == "loss_mask" else np.int32)
+             for k in ("tokens", "targets", "loss_mask")}
+        for i, smp in enumerate(chosen):
+            for k in b:
+                b[k][i, :len(smp[k])] = smp[k]
+        out.append((b, int(b["loss_mask"].sum())))
+    return out
 
 
-def run_jax(name: str, iters: int, warmup: int, mode: str = "equal") -> dict:
+def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: str = "all",
+            layout: str = "unrolled", vocab_chunk: int = 0, attention: str = "blocked") -> dict:
     import jax
 
     from lav2_jax import presets
@@ -109,33 +146,35 @@ def run_jax(name: str, iters: int, warmup: int, mode: str = "equal") -> dict:
     from lav2_jax.train.defaults import base_config, group
     from lav2_jax.train.mesh import global_batch
 
-    cfg = model_config(name)
+    cfg = model_config(name).replace(scan_layers=layout == "scan", attention=attention)
     adapter = presets.get_adapter("release-bias").replace(visual_fusion="none", prompt_layers=cfg.n_layers - 1)
     model = build_model(cfg, adapter, None)
     c = base_config()
-    c.param_recipe, c.recipe, c.total_steps = "all-adapters", "full", 1000
-    c.batch.train = BATCH
+    c.param_recipe, c.recipe, key = JAX_TRAINABLE[trainable]
+    c.total_steps, c.loss.vocab_chunk = 1000, vocab_chunk
+    c.batch[key] = BATCH
     c.optim.instruction = group(1e-3, 0.02, warmup_steps=10)
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
     setup, state = state_lib.build(c, mesh, model=model)
-    rows, real = stream_batch(mode, cfg.vocab_size)
-    batch = global_batch({"train": rows}, mesh)
+    batches = stream_batches(mode, cfg.vocab_size, warmup + iters)
     times = []
-    for i in range(warmup + iters):
+    for rows, _ in batches:
+        batch = global_batch({key: rows}, mesh)
         t = time.perf_counter()
         state, m = setup.train_step(state, setup.frozen, batch)
         jax.block_until_ready((state, m))
         times.append(time.perf_counter() - t)
     return {"times": times[warmup:], "first_s": times[0], "trainable": setup.counts["instruction"],
-            "loss": float(m["loss/train"]), "rss_mb": peak_rss_mb(), "version": f"jax {jax.__version__}",
-            "real_tokens": real, "shape": list(rows["tokens"].shape)}
+            "loss": float(m[f"loss/{key}"]), "rss_mb": peak_rss_mb(), "version": f"jax {jax.__version__}",
+            "real_tokens": [r for _, r in batches[warmup:]], "shape": list(rows["tokens"].shape),
+            "row_len": rows["tokens"].shape[1]}
 
 
-def run_litgpt(name: str, iters: int, warmup: int, mode: str = "equal") -> dict:
+def run_litgpt(name: str, iters: int, warmup: int, mode: str = "equal", trainable: str = "all") -> dict:
     try:
         import litgpt
     except ImportError:
-        return {"error": "litgpt is not installed: .venv/bin/pip install litgpt==0.5.13"}
+        return {"error": f"litgpt is not installed (its rows are skipped): {LITGPT_INSTALL}"}
     import torch
     import torch.nn.functional as F
     from litgpt.adapter_v2 import GPT, Config, mark_only_adapter_v2_as_trainable
@@ -149,14 +188,18 @@ def run_litgpt(name: str, iters: int, warmup: int, mode: str = "equal") -> dict:
     torch.manual_seed(0)
     model = GPT(config)
     mark_only_adapter_v2_as_trainable(model)
+    if trainable == "finetune":  # the release finetune stage: norms, and the linears' bias + scale
+        for pname, p in model.named_parameters():
+            p.requires_grad = any(t in pname for t in ("norm", "ln_f", "adapter_bias", "adapter_scale"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.02)
-    rows, real = stream_batch(mode, cfg.vocab_size)
-    idx, targets = torch.from_numpy(rows["tokens"]).long(), torch.from_numpy(rows["targets"]).long()
-    targets = targets.masked_fill(torch.from_numpy(rows["loss_mask"]) == 0, -100)  # litgpt's ignore index
+    batches = stream_batches(mode, cfg.vocab_size, warmup + iters)
     model.train()
-    times = []
-    for i in range(warmup + iters):
+    times, lengths = [], []
+    for rows, _ in batches:
+        idx, targets = torch.from_numpy(rows["tokens"]).long(), torch.from_numpy(rows["targets"]).long()
+        targets = targets.masked_fill(torch.from_numpy(rows["loss_mask"]) == 0, -100)  # litgpt's ignore index
+        lengths.append(idx.shape[1])
         t = time.perf_counter()
         for mod in model.modules():  # litgpt issue #1287: the adapter kv-cache must not survive a training step
             if hasattr(mod, "adapter_kv_cache"):
@@ -168,7 +211,9 @@ def run_litgpt(name: str, iters: int, warmup: int, mode: str = "equal") -> dict:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
     return {"times": times[warmup:], "first_s": times[0], "trainable": sum(p.numel() for p in trainable),
-            "loss": float(loss), "rss_mb": peak_rss_mb(), "real_tokens": real, "shape": list(idx.shape),
+            "loss": float(loss), "rss_mb": peak_rss_mb(), "real_tokens": [r for _, r in batches[warmup:]],
+            "row_len": sum(lengths[warmup:]) / len(lengths[warmup:]),
+            "shape": [BATCH, f"{min(lengths[warmup:])}..{max(lengths[warmup:])}" if mode == "longest" else lengths[0]],
             "version": f"litgpt {litgpt.__version__ if hasattr(litgpt, '__version__') else '0.5.13'}, "
                        f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
@@ -183,26 +228,29 @@ def run_peak() -> dict:
     a = torch.ones(n, n)
     a @ a
     ts = []
-    for _ in range(5):
+    for _ in range(10):
         t = time.perf_counter()
         a @ a
         ts.append(time.perf_counter() - t)
-    return {"jax": measure_matmul_peak(n, "float32"), "torch": 2.0 * n ** 3 / float(np.median(ts))}
+    # the best of several tries (not the median): on a shared machine the median is the load's, not the CPU's
+    return {"jax": max(measure_matmul_peak(n, "float32") for _ in range(3)), "torch": 2.0 * n ** 3 / float(np.min(ts))}
 
 
 def child(args) -> None:
     if args.only == "peak":
         out = run_peak()
     elif args.only == "jax":
-        out = run_jax(args.config, args.iters, args.warmup, args.mode)
+        out = run_jax(args.config, args.iters, args.warmup, args.mode, args.trainable, args.layout,
+                      args.vocab_chunk, args.attention)
     else:
-        out = run_litgpt(args.config, args.iters, args.warmup, args.mode)
+        out = run_litgpt(args.config, args.iters, args.warmup, args.mode, args.trainable)
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def measure(kind: str, name: str | None, args, mode: str = "equal") -> dict:
+def measure(kind: str, name: str | None, args, mode: str = "equal", trainable: str = "all") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--only", kind, "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--mode", mode] + (["--config", name] if name else [])
+           "--warmup", str(args.warmup), "--mode", mode, "--trainable", trainable, "--layout", args.layout,
+           "--vocab-chunk", str(args.vocab_chunk), "--attention", args.attention] + (["--config", name] if name else [])
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -219,7 +267,16 @@ def main() -> None:
     p.add_argument("--only", choices=("jax", "litgpt", "peak"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="equal", help=argparse.SUPPRESS)
-    p.add_argument("--streams", default="equal,alpaca", help="comma-separated: equal, alpaca")
+    p.add_argument("--trainable", default="all", choices=tuple(JAX_TRAINABLE), help=argparse.SUPPRESS)
+    p.add_argument("--streams", default=",".join(RUNS), help=f"comma-separated: {', '.join(RUNS)}")
+    p.add_argument("--layout", default="unrolled", choices=("unrolled", "scan"),
+                   help="lav2_jax layers: unrolled over unstacked weights (XLA:CPU) or one scan (TPU)")
+    p.add_argument("--peak-gflops", type=float, default=0.0,
+                   help="MFU reference in GFLOP/s (0: the best matmul rate this run measures, low under load)")
+    p.add_argument("--attention", default="blocked", choices=("blocked", "xla"),
+                   help="lav2_jax ModelConfig.attention (blocked: causal query blocks of 128, for CPU training)")
+    p.add_argument("--vocab-chunk", type=int, default=0,
+                   help="lav2_jax loss.vocab_chunk (0: whole-vocabulary logits, no recompute; CPU memory allows it)")
     args = p.parse_args()
     if args.only:
         return child(args)
@@ -229,34 +286,38 @@ def main() -> None:
     from lav2_jax.train.logging import train_flops_per_token
 
     peak = measure("peak", None, args)
-    best = max(peak.get("jax", 0.0), peak.get("torch", 0.0))
+    best = args.peak_gflops * 1e9 or max(peak.get("jax", 0.0), peak.get("torch", 0.0))
     print(f"# train step, {BATCH}×{SEQ} tokens, float32 — {platform.node()} ({os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}), {datetime.date.today()}")
     print(f"# matmul peak (2048³ float32): jax {peak.get('jax', 0) / 1e9:.1f} GFLOP/s, "
-          f"torch {peak.get('torch', 0) / 1e9:.1f} GFLOP/s")
+          f"torch {peak.get('torch', 0) / 1e9:.1f} GFLOP/s; MFU against {best / 1e9:.1f} GFLOP/s")
+    print(f"# lav2_jax: {args.layout} layers, attention={args.attention}, loss.vocab_chunk={args.vocab_chunk}; "
+          f"load average at start "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"# command: {' '.join([os.path.relpath(sys.executable, ROOT), 'benchmarks/train_step.py'] + sys.argv[1:])}")
     print("| config | stream | implementation | batch shape | trainable | median step s | real tokens/s | MFU | "
-          "peak RSS MiB | first step s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    runs = {"equal": (("jax", "equal", "lav2_jax"), ("litgpt", "equal", "litgpt adapter_v2")),
-            "alpaca": (("jax", "packed", "lav2_jax packed"), ("jax", "pad512", "lav2_jax pad-512 (release policy)"),
-                       ("litgpt", "longest", "litgpt adapter_v2 pad-to-longest"))}
+          "peak RSS MiB | first step s | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    try:
+        import litgpt  # noqa: F401
+    except ImportError:
+        print(f"# litgpt is not installed, so only the lav2_jax rows run; to add the peer: {LITGPT_INSTALL}")
     for name in args.configs.split(","):
-        flops = train_flops_per_token(model_config(name), SEQ)
         for stream in args.streams.split(","):
             rates = {}
-            for kind, mode, label in runs[stream]:
-                r = measure(kind, name, args, mode)
+            for kind, mode, trainable, label in RUNS[stream]:
+                r = measure(kind, name, args, mode, trainable)
                 if "error" in r:
                     msg = r["error"].strip().splitlines()[-1] if r["error"].strip() else "?"
                     print(f"| {name.upper()} | {stream} | {label}: {msg} |", flush=True)
                     continue
                 med = float(np.median(r["times"]))
-                tps = r["real_tokens"] / med
+                tps = float(np.median(np.asarray(r["real_tokens"]) / np.asarray(r["times"])))
                 rates[label] = tps
+                flops = train_flops_per_token(model_config(name), int(round(r["row_len"])))
                 print(f"| {name.upper()} | {stream} | {label} ({r['version']}) | {'×'.join(map(str, r['shape']))} | "
                       f"{r['trainable']:,} | {med:.3f} | {tps:,.0f} | {tps * flops / best:.1%} | {r['rss_mb']:,.0f} | "
-                      f"{r['first_s']:.1f} |", flush=True)
+                      f"{r['first_s']:.1f} | {os.getloadavg()[0]:.1f} |", flush=True)
             first = next(iter(rates.values()), None)
             for label, tps in list(rates.items())[1:]:
                 print(f"# {name.upper()} {stream}: {next(iter(rates))} / {label} = {first / tps:.2f}×")

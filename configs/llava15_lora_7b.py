@@ -7,7 +7,8 @@ all seven Vicuna-7B linears (q k v o gate up down; not the head) at lr 2e-4, the
       --config.data.train.path=data/mix665k
 
 Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 128, 1 epoch (5197 steps), warm-up ratio 0.03,
-cosine, weight decay 0, max length 2048, AdamW β 0.9/0.999, clip 1.0, bf16.
+cosine, weight decay 0, max length 2048, AdamW β 0.9/0.999, clip 1.0, bf16; `group_by_modality_length` as in stage 2
+(each global batch all-image or all-text, `lav2_jax.data.modality_groups`).
 """
 
 from lav2_jax.train.defaults import pod_config
@@ -20,7 +21,7 @@ def get_config():
     steps = SAMPLES // BATCH
     c = pod_config("llama2-7b", "none", "vit-l-14-336", "llava-lora", "full", steps)
     add_llava_fields(c, projector="mlp2x_gelu", template="vicuna_v1", image_aspect="pad", lora_rank=128,
-                     lora_alpha=256.0, lora_dropout=0.05)
+                     lora_alpha=256.0, lora_dropout=0.05, group_by_modality_length=True)
     c.batch.train = BATCH
     c.optim.caption = llava_group(2e-5, steps)       # the projector (mm_projector_lr)
     c.optim.instruction = llava_group(2e-4, steps)   # LoRA

@@ -2,17 +2,25 @@
 pairs with the `plain` template, only the `mlp2x_gelu` projector trains; Vicuna-7B v1.5 and CLIP ViT-L/14-336
 (576 visual tokens per image, hidden state −2, CLS dropped) stay frozen.
 
+The base is Vicuna-7B v1.5 and the separately stored CLIP, combined into one checkpoint (hard links, no copy of
+the weights); it holds no projector, so the run initialises a fresh one (like `nn.Linear`), and reads the splice
+(projector, feature layer, `patch`, placeholder id) from this config and the token count from the tower:
+
+  lav2 convert hf --hf-dir vicuna-7b-v1.5 --out ckpt/vicuna-7b
+  lav2 convert clip --clip clip-vit-large-patch14-336 --out ckpt/clip-336
+  lav2 convert llava-base --llm ckpt/vicuna-7b --clip ckpt/clip-336 --out ckpt/vicuna-7b-clip336
   lav2 data build --kind conversation --src blip_laion_cc_sbu_558k.json --image-root LCS-558K/images \
       --out data/lcs558k
   lav2 train --config configs/llava15_stage1_7b.py --workdir runs/llava15_stage1 \
       --config.model.base_checkpoint=ckpt/vicuna-7b-clip336 --config.data.tokenizer=ckpt/vicuna-7b-clip336/tokenizer \
       --config.data.train.path=data/lcs558k
+  lav2 export trained --workdir runs/llava15_stage1 --out ckpt/llava15-stage1   # projector only, over the base
 
 Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 256, lr 1e-3, 1 epoch (558,128 samples → 2180
 steps), warm-up ratio 0.03 (⌈0.03 · 2180⌉ = 66 steps), cosine to 0, weight decay 0, max length 2048 (image tokens
 included), AdamW with the Hugging Face Trainer's defaults (β 0.9/0.999, ε 1e-8, clip 1.0), bf16, gradient
-checkpointing; stage 1 uses the plain CLIP preprocessing (`square`). The original's `group_by_modality_length` and
-ZeRO-2 are replaced by right-padded length buckets and FSDP.
+checkpointing; stage 1 uses the plain CLIP preprocessing (`square`). ZeRO-2 is replaced by FSDP; every sample has
+an image, so there is no modality grouping (stage 2 has it).
 """
 
 from lav2_jax.train.defaults import pod_config

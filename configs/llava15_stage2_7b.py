@@ -11,6 +11,8 @@ Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 128, lr 2e-5 fo
 (665,298 samples → 5197 steps), warm-up ratio 0.03 (⌈0.03 · 5197⌉ = 156 steps), cosine to 0, weight decay 0,
 max length 2048, AdamW β 0.9/0.999, ε 1e-8, clip 1.0, bf16, gradient checkpointing. The trainable base weights keep
 float32 master copies and AdamW moments, FSDP-sharded like the weights (the original used ZeRO-3).
+`group_by_modality_length` (`scripts/v1_5/finetune.sh`): each global batch of 128 is all-image or all-text-only
+(ShareGPT), spread over the hosts by length (`lav2_jax.data.modality_groups`).
 """
 
 from lav2_jax.train.defaults import pod_config
@@ -22,7 +24,8 @@ SAMPLES, BATCH = 665298, 128
 def get_config():
     steps = SAMPLES // BATCH
     c = pod_config("llama2-7b", "none", "vit-l-14-336", "llava-stage2", "full", steps)
-    add_llava_fields(c, projector="mlp2x_gelu", template="vicuna_v1", image_aspect="pad")
+    add_llava_fields(c, projector="mlp2x_gelu", template="vicuna_v1", image_aspect="pad",
+                     group_by_modality_length=True)
     c.batch.train = BATCH
     c.optim.caption = llava_group(2e-5, steps)       # the projector
     c.optim.instruction = llava_group(2e-5, steps)   # every LLM weight

@@ -10,7 +10,8 @@ max length 2048, bf16, full remat. Text-only (Alpaca, Vicuna, Baize) and LLaVA d
 
 The paper's variant (LoRA and the abstractor, 2k steps): `--config.param_recipe=owl-stage2-abstractor
 --config.total_steps=2000`; other LoRA targets: `--config.model.lora.targets="('wq','wk','wv','wo')"`.
-Deviation: the release decays linearly (HF Trainer default); this project's schedule is warm-up + cosine.
+Schedule: 50 warm-up steps, then the release's linear decay to 0 (the HF Trainer default; its min-lr 1e-6 is never
+passed to the Trainer).
 """
 
 from lav2_jax.train.defaults import group, pod_config
@@ -24,6 +25,7 @@ def get_config():
     for g in ("caption", "instruction"):  # caption: the abstractor in owl-stage2-abstractor
         c.optim[g] = group(2e-5, 1e-4, warmup_steps=50, scale_lr_by_batch=False)
         c.optim[g].b2 = 0.999
+        c.optim[g].decay = "linear"
     c.optim.clip_norm = 1.0
     c.optim.accum_steps = 4  # on 16 chips: 4 rows of 2048 per chip and micro-batch, the release's micro-batch 4
     c.data.train.max_len = 2048

@@ -38,17 +38,19 @@ class CompileReport:
     xla_flops: float  # XLA's cost analysis: a scanned (while-loop) body is counted once, not per layer
     compiled_flops: float = 0.0  # matmul FLOPs of the whole program, all chips, loops in full (lav2_jax.flops)
     pallas_calls: int = 0  # Pallas kernel launches, whose FLOPs compiled_flops cannot see
+    devices_per_chip: int = 1  # v4 topologies describe each chip's 2 TensorCores as 2 devices sharing its HBM
 
     @property
     def peak_bytes(self) -> int:
-        """Arguments + outputs + temporaries − donated (aliased) buffers: the HBM a chip needs for this program."""
+        """Arguments + outputs + temporaries − donated (aliased) buffers: the HBM a device needs for this program
+        (the byte fields are per device; a chip holds `devices_per_chip` of them)."""
         return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
     def as_dict(self) -> dict:
         from lav2_jax.flops import hbm_gib
 
         hbm = hbm_gib(self.topology)
-        peak = self.peak_bytes / 2 ** 30
+        peak = self.peak_bytes * self.devices_per_chip / 2 ** 30
         return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes, peak_gib_per_chip=peak,
                     hbm_fraction=peak / hbm if hbm else None)
 
@@ -88,7 +90,8 @@ def compile_report(topology: str, mesh, compiled) -> CompileReport:
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
         generated_code_bytes=int(mem.generated_code_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)),
-        compiled_flops=counted["flops"] * n, pallas_calls=counted["custom_calls"])
+        compiled_flops=counted["flops"] * n, pallas_calls=counted["custom_calls"],
+        devices_per_chip=len({getattr(d, "core_on_chip", 0) for d in mesh.devices.flat}))
 
 
 def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_shardings: Any = None, mesh=None,

@@ -18,7 +18,7 @@ SPLICE_SELECTS = ("patch", "cls_patch", "all")
 PROJECTORS = ("linear", "mlp2x_gelu", "none")
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_qkv_out", "save_attn_ffn_out")
-ATTENTION_IMPLS = ("xla", "flash")
+ATTENTION_IMPLS = ("xla", "flash", "blocked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,7 @@ class ModelConfig:
     remat_policy: str = "none"
     scan_layers: bool = True
     attention: str = "xla"  # "xla" | "flash": Pallas TPU splash kernel for training / prefill (lav2_jax.model.flash)
+    # | "blocked": XLA attention in causal query blocks without a cache (CPU training; model.blocked_attention)
 
     def __post_init__(self):
         if self.dim % self.n_heads:

@@ -4,7 +4,10 @@ Compiled FLOPs. XLA's `cost_analysis()` counts a while loop's body once, so a sc
 FLOPs of one layer (and one loss chunk, one micro-batch, one CLIP block). `hlo_flops` reads the compiled (SPMD
 partitioned, per-chip) HLO text instead: every `dot` / `convolution` (TPU lowers matmuls to convolutions) costs
 2 × output elements × contracted size, and every computation is weighted by how often it runs — a while body by
-its trip count (the constant its condition compares the loop counter against), fusions and calls once per call.
+its trip count, fusions and calls once per call. The trip count comes from the loop's counter: start (the initial
+tuple's constant), step (the constant the body adds) and bound (the constant the condition compares with), so the
+SPMD partitioner's windowed-einsum loops (FSDP all-gather / reduce-scatter matmuls: a u32 counter stepping by 2,
+two weight shards per iteration) count as often as they run, like the scans (s32 counters stepping by 1).
 Only matrix products are counted (elementwise work is a few percent at LLaMA sizes); Pallas kernels
 (`tpu_custom_call`, e.g. the splash attention) are invisible to it and reported as `custom_calls`.
 
@@ -31,6 +34,7 @@ _INST = re.compile(r"^\s*(?:ROOT )?%([^\s=]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$"
 _SHAPE = re.compile(r"^\(?[a-z0-9]+\[([\d,]*)\]")
 _CALLS = re.compile(r"(?:calls|to_apply|body)=%([^\s,)]+)")
 _MULTI = re.compile(r"(?:branch_computations|called_computations)=\{([^}]*)\}")
+_SCALAR_INT = re.compile(r"^[su](?:32|64)\[\]")
 
 
 def _dims(type_str: str):
@@ -87,6 +91,46 @@ def _op_flops(op: str, out: list[int], rest: str, shapes: dict) -> float:
     return 2.0 * float(np.prod(out or [1])) * contracted * taps
 
 
+def _tuple_index(rest: str) -> int | None:
+    m = re.search(r"index=(\d+)", rest)
+    return int(m.group(1)) if m else None
+
+
+def _trip_count(cond: str, body: str, init: str, roots: dict, insts: dict, values: dict) -> int | None:
+    """Iterations of a counted while loop: its condition compares tuple element k with a constant bound, its body
+    adds a constant step to element k, and element k of the initial tuple is a constant (through copies). SPMD
+    windowed einsums count a u32 counter by 2 (two shards per iteration); scans count an s32 by 1. None: not such
+    a loop."""
+    op, rest = insts.get(roots.get(cond, ""), ("", ""))
+    d = re.search(r"direction=(\w+)", rest)
+    args = _operands(rest)
+    if op != "compare" or d is None or len(args) != 2:
+        return None
+    direction = d.group(1)
+    if args[0] in values:  # constant on the left: flip the comparison
+        args, direction = args[::-1], {"GT": "LT", "GE": "LE", "LT": "GT", "LE": "GE"}.get(direction, direction)
+    if args[1] not in values or insts.get(args[0], ("",))[0] != "get-tuple-element" or direction not in ("LT", "LE"):
+        return None
+    k, bound = _tuple_index(insts[args[0]][1]), values[args[1]] + (direction == "LE")
+    body_op, body_rest = insts.get(roots.get(body, ""), ("", ""))
+    outs = _operands(body_rest)
+    if body_op != "tuple" or k is None or k >= len(outs) or insts.get(outs[k], ("",))[0] != "add":
+        return None
+    add_args = _operands(insts[outs[k]][1])
+    steps = [values[a] for a in add_args if a in values]
+    loops_back = [a for a in add_args if insts.get(a, ("",))[0] == "get-tuple-element"
+                  and _tuple_index(insts[a][1]) == k]
+    init_op, init_rest = insts.get(init, ("", ""))
+    start = None
+    if init_op == "tuple" and k < len(_operands(init_rest)):
+        start = _operands(init_rest)[k]
+        while insts.get(start, ("",))[0] in ("copy", "bitcast"):
+            start = _operands(insts[start][1])[0]
+    if len(steps) != 1 or steps[0] <= 0 or not loops_back or start not in values:
+        return None
+    return max(0, -(-(bound - values[start]) // steps[0]))
+
+
 def hlo_flops(hlo_text: str) -> dict:
     """Matmul FLOPs per chip of a compiled program's HLO text (`compiled.as_text()`), loops counted in full.
 
@@ -98,8 +142,11 @@ def hlo_flops(hlo_text: str) -> dict:
     own: dict[str, float] = defaultdict(float)
     customs: dict[str, int] = defaultdict(int)
     edges: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    whiles: list[tuple[str, str, str]] = []  # (caller, condition, body)
+    whiles: list[tuple[str, str, str, str]] = []  # (caller, condition, body, initial tuple)
     constants: dict[str, list[int]] = defaultdict(list)
+    insts: dict[str, tuple[str, str]] = {}  # instruction name → (opcode, operands and attributes)
+    values: dict[str, int] = {}  # integer scalar constants by name
+    roots: dict[str, str] = {}
     current = None
     for line in hlo_text.splitlines():
         m = _COMP.match(line)
@@ -113,6 +160,9 @@ def hlo_flops(hlo_text: str) -> dict:
         if m is None or current is None:
             continue
         name, type_str, op, rest = m.groups()
+        insts[name] = (op, rest)
+        if line.lstrip().startswith("ROOT "):
+            roots[current] = name
         dims = _dims(type_str)
         if dims is not None:
             shapes[name] = dims
@@ -120,14 +170,15 @@ def hlo_flops(hlo_text: str) -> dict:
             own[current] += _op_flops(op, dims or [], rest, shapes)
         elif op == "custom-call" and 'custom_call_target="tpu_custom_call"' in rest:  # Pallas / Mosaic kernels
             customs[current] += 1
-        elif op == "constant" and type_str.startswith("s32[]"):
+        elif op == "constant" and _SCALAR_INT.match(type_str):  # loop bounds: s32, or u32 in windowed einsums
             c = re.match(r"(-?\d+)\)", rest)
             if c:
                 constants[current].append(int(c.group(1)))
+                values[name] = int(c.group(1))
         if op == "while":
             cond = re.search(r"condition=%([^\s,]+)", rest).group(1)
             body = re.search(r"body=%([^\s,]+)", rest).group(1)
-            whiles.append((current, cond, body))
+            whiles.append((current, cond, body, (_operands(rest) or [""])[0]))
             continue
         for callee in _CALLS.findall(rest):
             edges[current].append((callee, 1))
@@ -135,9 +186,12 @@ def hlo_flops(hlo_text: str) -> dict:
             for callee in re.findall(r"%([^\s,]+)", group):
                 edges[current].append((callee, 1))
     loops = {}
-    for caller, cond, body in whiles:
-        trips = [c for c in constants.get(cond, []) if c > 0]
-        loops[body] = trips[0] if len(trips) == 1 else 1
+    for caller, cond, body, init in whiles:
+        trips = _trip_count(cond, body, init, roots, insts, values)
+        if trips is None:  # not a counted loop we recognise: the one positive bound in its condition, else 1
+            bounds = [c for c in constants.get(cond, []) if c > 0]
+            trips = bounds[0] if len(bounds) == 1 else 1
+        loops[body] = trips
         edges[caller].append((body, loops[body]))
     mult: dict[str, float] = defaultdict(float)
     mult[entry] = 1.0

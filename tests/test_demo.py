@@ -41,8 +41,10 @@ def test_demo_quick_report(demo_dir):
         for metric in ("caption_accuracy", "vqa_accuracy"):
             assert h[cond][metric] <= h["chance"][metric] + 1e-9
     assert h["chance"]["caption_accuracy"] == pytest.approx(sc.chance())
-    # Not asserted yet: the issue's "trained caption accuracy >= gates-off + 0.3" — the quick run does not reach
-    # it today (the caption loss does not fall within the run; see the closing report).
+    # The visual path carries the image: with it the trained adapter names more attributes than with its gates
+    # off (measured: 0.410 vs 0.354, mostly position). The issue's stronger "gates-off + 0.3" is not reached by
+    # the 60-step run (the tiny frozen LM cannot yet name a colour or shape from its context).
+    assert h["trained"]["caption_accuracy"] > h["gates_off"]["caption_accuracy"]
     png = (demo_dir / "report.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "caption_accuracy" in (demo_dir / "report.md").read_text()
@@ -84,3 +86,13 @@ def test_synthetic_run_export_generates(tmp_path, capsys):
     assert os.path.isfile(os.path.join(out, "tokenizer", "tokenizer.model"))
     capsys.readouterr()
     assert main(["generate", "--ckpt", out, "--prompt", "hi", "--max-new-tokens", "4", "--raw"]) == 0
+
+
+@pytest.mark.slow
+def test_demo_systems_side_by_side(demo_dir):
+    """`lav2 demo --systems` over this demo's data and priors (tests/systems_checks.py): Owl trained 2 steps a
+    stage, the table, each stage's groups; LLaVA's starting checkpoint and recipe groups."""
+    from systems_checks import check_llava_init, check_owl_run
+
+    check_llava_init(demo_dir)
+    check_owl_run(demo_dir)

@@ -168,12 +168,17 @@ def test_image_prompt_tokenizer_split_rule(tmp_path):
 
 
 def test_inference_api_for_llama_adapter():
-    """encode_images = the visual prompt tokens the model consumes; next_token_logits = the forward's last logits."""
-    import lav2_jax
-    from generate_helpers import random_images, tiny_bundle
+    """encode_images = the visual prompt tokens the model consumes; next_token_logits = the forward's last logits.
 
-    bundle = tiny_bundle("release-bias", vision=True)
-    model, params = bundle.model, bundle.params
+    The tiny LLaMA-Adapter V2 (release-bias adapters, tiny CLIP) gets host-side random parameters (nothing at
+    identity, gates open) instead of `tiny_bundle`'s jitted init: no init compile, the same assertions."""
+    import lav2_jax
+    from generate_helpers import CharTokenizer, TinyBundle, random_images
+    from model_utils import TINY
+
+    model = build_model(TINY, presets.tiny_adapter("release-bias", TINY), presets.get_vision("tiny"))
+    bundle = TinyBundle(model, random_params(model, seed=2), CharTokenizer())
+    params = bundle.params
     images = random_images(2)
     vt = lav2_jax.encode_images(bundle, images)
     chex.assert_shape(vt, (2, model.adapter.query_len, model.config.dim))
@@ -183,9 +188,12 @@ def test_inference_api_for_llama_adapter():
     for i, r in enumerate(ids):
         tokens[i, :len(r)] = r
     has = jnp.ones((2,), bool)
-    fwd = jax.jit(lambda p, t, im=None, v=None: model.apply({"params": p}, t, im, has, visual_tokens=v))
-    full = fwd(params, tokens, jnp.asarray(images))
-    chex.assert_trees_all_close(fwd(params, tokens, v=jnp.asarray(vt)), full, atol=1e-5)
+    fwd = jax.jit(lambda p, t, im, v: (model.apply({"params": p}, t, im, has),  # one compile for both forwards
+                                       model.apply({"params": p}, t, None, has, visual_tokens=v)))
+    full, from_tokens = fwd(params, tokens, jnp.asarray(images), jnp.asarray(vt))
+    chex.assert_trees_all_close(from_tokens, full, atol=1e-5)
+    _, blind = fwd(params, tokens, jnp.asarray(images), jnp.zeros_like(vt))  # the visual tokens matter
+    assert float(jnp.abs(blind - full).max()) > 1e-3
     got = lav2_jax.next_token_logits(bundle, prompts, images=list(images))
     assert got.dtype == np.float32 and got.shape == (2, model.config.vocab_size)
     for i, r in enumerate(ids):

@@ -5,7 +5,10 @@
 
 Runs on a CPU host with libtpu installed (`pip install -e '.[tpu]'`); nothing is allocated or run. With `--config`,
 the mesh, batch sizes, sequence lengths, recipe, optimizer and remat policy come from the training config
-(`--mesh` overrides its mesh).
+(`--mesh` overrides its mesh, `--remat` its remat policy, `--accum-steps` its micro-batches, and any
+`--config.<key>=<value>` its fields, as in `lav2 train`), e.g.
+
+    lav2 compile --config configs/joint_7b.py --topology v5e:2x4 --config.batch.instruction=64
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="global batch size")
     p.add_argument("--seq", type=int, default=512, help="sequence length")
     p.add_argument("--weight-dtype", default=None, help="frozen weight dtype (default: the preset's, bfloat16)")
-    p.add_argument("--remat", default=None, help="remat policy for the scanned layers")
+    p.add_argument("--remat", default=None, help="remat policy for the scanned layers (with --config: overrides "
+                   "config.model.remat_policy)")
     p.add_argument("--accum-steps", type=int, default=None,
                    help="with --config: gradient-accumulation micro-batches (overrides config.optim.accum_steps)")
     p.add_argument("--attention", default=None, choices=("xla", "flash"),
                    help="attention implementation (flash: the Pallas TPU splash kernel); default: the config's")
     p.add_argument("--json", action="store_true", help="print JSON")
+    from lav2_jax.cli.train import accept_config_overrides
+
+    accept_config_overrides(p)  # with --config: --config.<key>=<value> overrides, as in `lav2 train`
 
 
 def _mesh_sizes(text: str) -> tuple[int, int, int]:
@@ -51,14 +58,21 @@ def run(args) -> int:
 
     if (args.config is None) == (args.model is None):
         raise UserError("give either --config FILE (a training step) or --model PRESET (a forward pass)")
+    if getattr(args, "overrides", None) and args.config is None:
+        raise UserError(f"unknown arguments {args.overrides}: --config.<key>=<value> overrides need --config FILE")
     out = _train_step(args) if args.config else _forward(args)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     gib = 2 ** 30
-    print(f"{out['what']} on {out['topology']} ({out['num_devices']} chips, mesh {out['mesh']})")
+    chips = out["num_devices"] // out["devices_per_chip"]
+    print(f"{out['what']} on {out['topology']} ({chips} chips, mesh {out['mesh']})")
     for name in ("argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "peak_bytes"):
-        print(f"  {name.replace('_bytes', ''):<10} {out[name] / gib:10.3f} GiB per chip")
+        print(f"  {name.replace('_bytes', ''):<10} {out[name] / gib:10.3f} GiB per "
+              f"{'chip' if out['devices_per_chip'] == 1 else 'device'}")
+    if out["devices_per_chip"] > 1:
+        print(f"  per chip   {out['peak_gib_per_chip']:10.3f} GiB ({out['devices_per_chip']} devices, one per "
+              "TensorCore, share a chip's HBM)")
     if out["hbm_fraction"] is not None:
         print(f"  hbm        {100 * out['hbm_fraction']:9.1f} % of a chip's HBM")
     print(f"  flops      compiled {out['compiled_flops']:.3e} (whole program, every loop iteration), analytic "
@@ -75,8 +89,12 @@ def _train_step(args) -> dict:
 
     try:
         config = aot.load_config(args.config)
+        if getattr(args, "overrides", None):
+            config = _overridden(args.config, args.overrides)
         if args.attention:
             config.model.attention = args.attention
+        if args.remat:
+            config.model.remat_policy = args.remat
         if args.accum_steps:
             config.optim.accum_steps = args.accum_steps
         m = config.mesh
@@ -89,8 +107,21 @@ def _train_step(args) -> dict:
     report = aot.compile_report(args.topology, mesh, aot.compile_train_step(config, mesh))
     batches = {s.batch_key: int(config.batch[s.batch_key]) for s in recipe_streams(config.recipe)}
     what = f"{config.model.preset} + {config.model.adapter}: train step ({config.recipe}, batch {batches})"
-    return _with_ratio(dict(report.as_dict(), program="train_step", what=what, config=args.config),
-                       aot.train_step_analytic(config))
+    out = dict(report.as_dict(), program="train_step", what=what, config=args.config,
+               remat=config.model.remat_policy, accum_steps=int(config.optim.accum_steps))
+    return _with_ratio(out, aot.train_step_analytic(config))
+
+
+def _overridden(path: str, overrides: list[str]):
+    from lav2_jax.cli.main import UserError
+    from lav2_jax.cli.train import load_config
+
+    try:
+        return load_config(path, overrides)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - absl / ml_collections raise many types for a bad flag
+        raise UserError(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
 def _with_ratio(out: dict, analytic: dict) -> dict:

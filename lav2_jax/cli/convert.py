@@ -9,9 +9,12 @@
   mplug-owl --hf-dir D                                          released mPLUG-Owl (vision, abstractor, LLaMA)
   llava     --hf-dir D [--clip C]                               LLaVA: llava-hf directory, or the original
                                                                 repo's (LLaMA + mm_projector) with its CLIP
+  llava-base --llm L --clip C                                   LLaVA stage 1's base: a converted LLaMA / Vicuna
+                                                                + a converted CLIP tower (no projector yet)
 clip --layout owl writes mPLUG-Owl's vision layout (per-head q|k|v, eps 1e-6, no proj) to initialise its stage 1.
 CLIP heads: --clip-heads, else an HF directory's config, else width / 64 (an error when 64 does not divide it).
-All take --out OUT, --weight-dtype bfloat16|float32 (frozen weights; trainable ones stay float32), --overwrite.
+All take --out OUT, --weight-dtype bfloat16|float32 (frozen weights; trainable ones stay float32), --overwrite;
+llava-base links the inputs' arrays as they are (their dtypes; --weight-dtype does not apply).
 Every input problem is reported (file and key) before anything is written.
 """
 
@@ -63,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--clip-heads", type=int, default=None,
                    help="CLIP attention heads (default: the HF config's, else width / 64)")
     s.add_argument("--max-seq-len", type=int, default=None, help="default: max_position_embeddings")
+    s = source("llava-base", "a converted language model + a converted CLIP tower → LLaVA stage 1's base")
+    s.add_argument("--llm", required=True, help="language-only checkpoint (lav2 convert hf|meta)")
+    s.add_argument("--clip", required=True, help="vision-only checkpoint (lav2 convert clip)")
     s = source("chat65b", "released 65B chat checkpoint (full state dict under 'model')")
     s.add_argument("--ckpt", required=True, nargs="+", help="file, or model-parallel shards in order")
     s.add_argument("--params", required=True, help="params.json")
@@ -99,6 +105,9 @@ def _convert(args) -> str:
         from lav2_jax.checkpoint.convert.llava import convert_llava
         return convert_llava(args.hf_dir, args.out, clip=args.clip, clip_heads=args.clip_heads,
                              max_seq_len=args.max_seq_len, **common)
+    if args.source == "llava-base":
+        from lav2_jax.checkpoint.convert.llava_base import combine_llava_base
+        return combine_llava_base(args.llm, args.clip, args.out, overwrite=args.overwrite)
     if args.source == "clip":
         from lav2_jax.checkpoint.convert.clip import convert_clip
         return convert_clip(args.clip, args.out, heads=args.heads, **common)

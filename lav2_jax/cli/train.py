@@ -21,6 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume-from", type=int, default=None, metavar="STEP",
                    help="resume from this checkpoint step (default: the newest readable one); newer steps are "
                         "moved aside to <workdir>/discarded_checkpoints")
+    accept_config_overrides(p)
+
+
+def accept_config_overrides(p: argparse.ArgumentParser) -> None:
+    """The rest of argv (absl `--config.<key>=<value>` flags for ml_collections) goes to `args.overrides`."""
     p.epilog = "Any further --config.<key>=<value> flags override fields of the config."
     parse = p.parse_known_args
 
@@ -29,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ns.overrides = list(getattr(ns, "overrides", None) or []) + list(rest)
         return ns, []
 
-    p.parse_known_args = parse_known_args  # the rest of argv: absl flags for ml_collections
+    p.parse_known_args = parse_known_args
 
 
 def load_config(path: str, overrides: list[str]):

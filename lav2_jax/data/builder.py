@@ -256,6 +256,9 @@ def build(kind: str, srcs: Sequence[Source], out: str, *, strict: bool = False, 
         written = os.path.join(tmp, builder.name, str(builder.version))
         with open(os.path.join(written, REPORT_FILE), "w", encoding="utf-8") as f:
             json.dump(report.to_json(), f, indent=1)
+        if kind == "conversation":  # for `group_by_modality_length` (LLaVA-1.5 stage 2)
+            from lav2_jax.data.modality_groups import write_lengths
+            write_lengths(written, split)
         if os.path.exists(out):
             shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
         os.replace(written, out)

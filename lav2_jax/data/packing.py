@@ -18,6 +18,13 @@ closes the batch and opens the next. The packed batch extends the contract of `l
 (the image slots S); text streams have no such cap. The model keeps attention and visual prompts inside each
 segment (`lav2_jax.model.segments`).
 
+Spliced streams (LLaVA, mPLUG-Owl: `spliced=True`, the sample's placeholder ids are in its tokens): the model writes
+image k of a row over the row's k-th run of placeholders (`lav2_jax.model.splice`), so the images are packed in
+the order of the row's image-bearing samples: slot j holds the j-th image of the row, `has_image` [B, S] marks the
+filled slots, and text-only samples take no slot. `max_segments` then caps the images per row, not the samples.
+Each segment's visual tokens thus land on its own placeholders, attention stays inside the segment, and every
+sample carries its own targets: its per-token losses equal those of the sample alone in a row.
+
 Checkpointing: the iterator's state is its parent's state *before* the sample that closed the last batch (that
 sample is held, not yet emitted), so a restored iterator re-reads it and continues with exactly the same batches.
 """
@@ -39,9 +46,9 @@ class Packer:
     """Fills one batch of `batch_size` rows, first fit; `add` returns False when the sample fits no row."""
 
     def __init__(self, batch_size: int, max_len: int, buckets: Sequence[int], with_images: bool,
-                 max_segments: Optional[int]):
+                 max_segments: Optional[int], spliced: bool = False):
         self.batch_size, self.max_len, self.buckets = batch_size, max_len, tuple(buckets)
-        self.with_images, self.max_segments = with_images, max_segments
+        self.with_images, self.max_segments, self.spliced = with_images, max_segments, spliced
         self.rows: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
         self.used = [0] * batch_size
 
@@ -51,7 +58,9 @@ class Packer:
     def add(self, sample: dict[str, Any]) -> bool:
         n = len(sample["tokens"])
         for i, row in enumerate(self.rows):
-            full = self.max_segments is not None and len(row) >= self.max_segments
+            taken = sum(bool(e["has_image"]) for e in row) if self.spliced else len(row)  # slots in use
+            wants = bool(sample["has_image"]) or not self.spliced
+            full = self.max_segments is not None and wants and taken >= self.max_segments
             if not full and self.used[i] + n <= self.max_len:
                 row.append(sample)
                 self.used[i] += n
@@ -72,7 +81,7 @@ class Packer:
         else:
             out["has_image"] = np.zeros((B,), np.bool_)
         for i, row in enumerate(self.rows):
-            start = 0
+            start, slot = 0, 0
             for s, e in enumerate(row):
                 n = len(e["tokens"])
                 span = slice(start, start + n)
@@ -80,7 +89,11 @@ class Packer:
                     out[key][i, span] = e[key]
                 out["segment_ids"][i, span] = s + 1
                 out["positions"][i, span] = np.arange(n)
-                if self.with_images:
+                if self.with_images and self.spliced:  # slot j: the row's j-th image (its j-th placeholder run)
+                    if e["has_image"]:
+                        out["images"][i, slot], out["has_image"][i, slot] = e["image"], True
+                        slot += 1
+                elif self.with_images:
                     out["images"][i, s] = e["image"]
                     out["has_image"][i, s] = e["has_image"]
                 start += n
@@ -126,12 +139,12 @@ class PackedBatches(grain.IterDataset):
     """grain stage: variable-length samples (with their drop counts) → packed batches (see the module docstring)."""
 
     def __init__(self, parent, batch_size: int, max_len: int, buckets: Sequence[int], with_images: bool,
-                 max_segments: int, drop_remainder: bool = True):
+                 max_segments: int, drop_remainder: bool = True, spliced: bool = False):
         super().__init__(parent)
         if with_images and max_segments < 1:
             raise ValueError(f"packing an image stream needs max_segments ≥ 1, got {max_segments}")
         segs = max_segments if with_images else None
-        self._make = lambda: Packer(batch_size, max_len, buckets, with_images, segs)  # noqa: E731
+        self._make = lambda: Packer(batch_size, max_len, buckets, with_images, segs, spliced)  # noqa: E731
         self._drop_remainder = drop_remainder
 
     def __iter__(self):

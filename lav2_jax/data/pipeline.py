@@ -38,7 +38,9 @@ Order of operations (grain dataset API)::
 * Sharding: process `shard_index` of `shard_count` (default `jax.process_index()` / `jax.process_count()`)
   takes records ``shard_index, shard_index + count, ...``; shards are cut to equal length, so up to
   ``count - 1`` records are left out of every epoch (`Pipeline.left_out`).
-* Shuffle: a permutation of the shard by `seed`, different every epoch (grain reseeds per epoch).
+* Shuffle: a permutation of the shard by `seed`, different every epoch (grain reseeds per epoch). With
+  `group_by_modality_length` (LLaVA-1.5 stage 2) the order of `lav2_jax.data.modality_groups` replaces shard and
+  shuffle: each global batch is all-image or all-text.
 * Augmentation and caption choice use grain's per-element RNG, so they too are a function of (seed, position).
 * Checkpointing: `PipelineIterator.get_state()` is a JSON-serialisable dict (grain's state plus the drop count);
   `set_state` on a fresh iterator of the same pipeline (same config, including `worker_count`) continues with
@@ -92,7 +94,7 @@ class PipelineConfig:
     shard_count: int | None = None
     drop_remainder: bool = True
     packing: bool = False  # several samples per row (`lav2_jax.data.packing`)
-    max_segments: int = 8  # packing: samples (image slots) per row of an image stream
+    max_segments: int = 8  # packing: samples (image slots) per row of an image stream; images per row if spliced
     # LLaVA (`lav2_jax.data.llava_samples`): a conversation template of `lav2_jax.conversation_templates` ("" =
     # LLaMA-Adapter's templates), the visual tokens one image adds to the sequence (its placeholder ids are part of
     # `max_len`), the placeholder id, `image_aspect` square | pad, and whether training augments images (LLaVA: no).
@@ -101,6 +103,9 @@ class PipelineConfig:
     image_token_id: int = 32000
     image_aspect: str = "square"
     augment: bool = True
+    # LLaVA-1.5 stage 2: each global batch (batch_size × shard_count) all-image or all-text, spread over the
+    # processes by length (`lav2_jax.data.modality_groups`); replaces the plain shuffle and the shard cut.
+    group_by_modality_length: bool = False
 
     def resolved_buckets(self) -> tuple[int, ...]:
         buckets = tuple(sorted(self.buckets)) if self.buckets else default_buckets(self.max_len)
@@ -255,9 +260,20 @@ class Pipeline:
         if per_shard == 0:
             raise ValueError(f"{len(self.source)} records cannot feed {count} processes")
         self.left_out = len(self.source) - per_shard * count
-        ds = grain.MapDataset.source(self.source)[index::count][:per_shard]
-        if config.shuffle:
-            ds = ds.shuffle(seed=config.seed)
+        if config.group_by_modality_length:
+            from lav2_jax.data import modality_groups
+
+            if not config.shuffle:
+                raise ValueError("group_by_modality_length draws its own random order: it needs shuffle=True")
+            has_image, lengths = modality_groups.modality_lengths(
+                self.source, source if isinstance(source, str) else None, split)
+            ds = modality_groups.ModalityGroupedDataset(grain.MapDataset.source(self.source), has_image, lengths,
+                                                        config.batch_size, index, count, config.seed)
+            per_shard, self.left_out = len(ds), ds.left_out
+        else:
+            ds = grain.MapDataset.source(self.source)[index::count][:per_shard]
+            if config.shuffle:
+                ds = ds.shuffle(seed=config.seed)
         if config.num_epochs != 1:
             ds = ds.repeat(config.num_epochs)
         self._records = per_shard
@@ -269,7 +285,7 @@ class Pipeline:
 
             it = PackedBatches(_DropCounting(it, per_shard), config.batch_size, config.max_len,
                                config.resolved_buckets(), self.with_images, config.max_segments,
-                               config.drop_remainder)
+                               config.drop_remainder, spliced=bool(config.template))
         else:
             it = _DropCounting(it, per_shard).batch(config.batch_size, drop_remainder=config.drop_remainder,
                                                     batch_fn=_PadToBucket(config.resolved_buckets(), self.with_images))

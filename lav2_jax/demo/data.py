@@ -104,17 +104,32 @@ def conversations(question_scenes: list[sc.Scene], sizes: Sizes, zero_shot: bool
     return [rows[i] for i in order]
 
 
+def _chat(question: str, answer: str) -> str:
+    return "".join(t for t, _ in templates.chat_segments([("human", question), ("assistant", answer)]))
+
+
 def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
-    """Documents of the language-prior stage: caption samples, visual questions with their (unseen) scenes'
-    answers, and the text-only instructions, each through the template it is trained with later."""
+    """Documents of the language-prior stage, each through the template it is trained with later:
+
+    - caption samples and visual questions with their scenes' answers, image-free (the formats; the attribute
+      words are unpredictable there, so alone they teach a uniform guess and leave the values interchangeable);
+    - the same scenes *described in words*: "two red circles on the left. What colour are the shapes?" → "red",
+      and the caption prompt with the description as its input → the caption. Here each attribute word is
+      predictable from the context, so the language model learns distinct values and to read them from its
+      context — what a pretrained LLaMA brings, and what the visual prompts later supply instead of the words;
+    - the text-only instructions, `text_repeats` times each."""
     cap_scenes, q_scenes = scene_sets(sizes, seed)
     out = ["".join(t for t, _ in templates.caption_segments(s.caption())) for s in cap_scenes]
+    for s in cap_scenes:
+        out.append("".join(t for t, _ in templates.instruction_segments(templates.CAPTION_INSTRUCTION,
+                                                                        s.caption(), s.caption())))
     for s in q_scenes:
         for _, q, a in sc.questions(s):
-            out.append("".join(t for t, _ in templates.chat_segments([("human", q), ("assistant", a)])))
-    for _ in range(max(1, sizes.text_repeats // 2)):
+            out.append(_chat(q, a))
+            out.append(_chat(f"{s.caption()}. {q}", a))
+    for _ in range(sizes.text_repeats):
         for t in sc.text_items():
-            out.append("".join(x for x, _ in templates.chat_segments([("human", t.question), ("assistant", t.answer)])))
+            out.append(_chat(t.question, t.answer))
     return out
 
 

@@ -2,8 +2,10 @@
 
 1. Language prior: a tiny LLaMA (`MODEL`, the `tiny` preset with the demo tokenizer's vocabulary) trained with
    every LLaMA weight free (embeddings, attention, FFN, norms, head; AdamW, warmup + cosine) on the demo's text
-   (`lav2_jax.demo.data.prior_texts`): next-token loss over whole templated documents, no images. It learns the
-   templates, the caption grammar, which words answer which question, and the text-only instructions' answers.
+   (`lav2_jax.demo.data.prior_texts`): next-token loss over whole templated documents concatenated into rows of
+   `seq_len` tokens, no images. It learns the templates, the caption grammar, which words answer which question,
+   the text-only instructions' answers, and (from the scenes described in words) to read attribute values from its
+   context: what the visual prompts must later supply.
 2. Vision tower: the `tiny` CLIP ViT trained contrastively, CLIP-style, against text embeddings of every caption:
    an image's embedding (the mean of all its output tokens, L2-normalised: what the connector sees before it has learned where to attend) scores all `len(combinations)` captions, whose
    embeddings are sums of one learned vector per attribute value (a bag-of-words text tower), and a softmax
@@ -42,13 +44,13 @@ TINY_ADAPTER = "paper"
 
 @dataclasses.dataclass(frozen=True)
 class PriorSettings:
-    lm_steps: int = 200
+    lm_steps: int = 400
     lm_batch: int = 32
     lm_lr: float = 5e-3
     clip_steps: int = 400
     clip_batch: int = 64
     clip_lr: float = 5e-3
-    seq_len: int = 48
+    seq_len: int = 64
     seed: int = 0
 
 
@@ -61,14 +63,15 @@ def demo_model(vocab_size: int):
     return build_model(config, presets.tiny_adapter(TINY_ADAPTER, config, vision), vision)
 
 
-def _pack(tok, texts: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Documents → tokens/targets [N, seq_len] (BOS text EOS, right-padded, truncated); pad targets are 0."""
-    tokens = np.zeros((len(texts), seq_len), np.int32)
-    targets = np.zeros((len(texts), seq_len), np.int32)
-    for i, t in enumerate(texts):
-        ids = tok.encode(t, bos=True, eos=True)[:seq_len + 1]
-        tokens[i, :len(ids) - 1], targets[i, :len(ids) - 1] = ids[:-1], ids[1:]
-    return tokens, targets
+def _pack(tok, texts: list[str], seq_len: int, seed) -> tuple[np.ndarray, np.ndarray]:
+    """Documents → tokens/targets [N, seq_len]: every document as BOS text EOS, in a shuffled order, concatenated
+    into one stream and cut into rows (language-model pretraining style: no padding; a row may end mid-document)."""
+    stream = []
+    for i in np.random.default_rng(seed).permutation(len(texts)):
+        stream += tok.encode(texts[int(i)], bos=True, eos=True)
+    n = (len(stream) - 1) // seq_len
+    ids = np.asarray(stream[:n * seq_len + 1], np.int32)
+    return ids[:-1].reshape(n, seq_len), ids[1:].reshape(n, seq_len)
 
 
 def _adamw(lr: float, steps: int):
@@ -99,19 +102,18 @@ def _fit(loss_fn, params, x: np.ndarray, y: np.ndarray, lr: float, steps: int, b
 
 def train_language_prior(model, params: dict, tok, texts: list[str], s: PriorSettings, log=print) -> dict:
     """Full-parameter next-token training of the LLaMA weights (not CLIP, not the adapter); returns all params."""
-    from lav2_jax.train.loss import token_loss_sums
+    from lav2_jax.train.loss import mean_token_loss
 
     labels = pg.param_groups(params, "all-adapters", model.adapter)
     labels = traverse_util.unflatten_dict({k: ("instruction" if v == pg.F and k[0] != "clip" else pg.F)
                                            for k, v in traverse_util.flatten_dict(labels).items()})
     lm, rest = pg.split(params, labels, ("instruction",))
-    tokens, targets = _pack(tok, texts, s.seq_len)
+    tokens, targets = _pack(tok, texts, s.seq_len, [s.seed, 12])
 
     def loss_fn(lm, tokens, targets):
         full = pg.merge(lm, rest)
         hidden = model.apply({"params": full}, tokens, return_hidden=True)
-        total, n = token_loss_sums(hidden, full["output"]["kernel"], targets, (targets > 0).astype(jnp.float32))
-        return total / jnp.maximum(n, 1.0)
+        return mean_token_loss(hidden, full["output"]["kernel"], targets, jnp.ones(targets.shape, jnp.float32))
 
     lm = _fit(loss_fn, lm, tokens, targets, s.lm_lr, s.lm_steps, s.lm_batch, [s.seed, 11], "language prior", log)
     return pg.merge(lm, rest)

@@ -29,7 +29,7 @@ from lav2_jax.demo import report as report_lib
 MODES = {
     "full": (data_lib.Sizes(), priors_lib.PriorSettings()),
     "quick": (data_lib.Sizes(caption_images=400, question_images=400, text_repeats=6),
-              priors_lib.PriorSettings(lm_steps=80, clip_steps=150)),
+              priors_lib.PriorSettings(lm_steps=160)),
 }
 QUICK_TRAIN_STEPS = 60
 GRID = 12
@@ -75,6 +75,20 @@ def _prompted_layers(model) -> list[int]:
     return list(range(n - a.prompt_layers, n)) if a.has_prompts else []
 
 
+def prepare_base(workdir: str, *, quick: bool = False, seed: int = 0, zero_shot: bool = False, log=print,
+                 modes=None):
+    """Stages 1 and 2 (data, priors: cached) in `workdir`; returns (paths, the prior stage's report + `data_s`).
+    `modes`: replaces `MODES` (tests)."""
+    t0 = time.time()
+    sizes, settings = (modes or MODES)["quick" if quick else "full"]
+    settings = priors_lib.PriorSettings(**{**settings.__dict__, "seed": seed})
+    paths = data_lib.prepare(workdir, sizes, zero_shot=zero_shot, seed=seed, log=log)
+    cap_scenes, q_scenes = data_lib.scene_sets(sizes, seed)
+    t_data = time.time()
+    prior = priors_lib.build_base(paths, data_lib.prior_texts(sizes, seed), cap_scenes + q_scenes, settings, log)
+    return paths, dict(prior, data_s=t_data - t0)
+
+
 def run_demo(config, workdir: str, *, quick: bool = False, seed: int = 0, zero_shot: bool = False,
              log=print, display: str = "") -> dict:
     """Runs every stage (module docstring) with the train config `config`; returns report.json's content.
@@ -86,13 +100,8 @@ def run_demo(config, workdir: str, *, quick: bool = False, seed: int = 0, zero_s
 
     t0 = time.time()
     workdir = os.path.abspath(workdir)
-    sizes, settings = MODES["quick" if quick else "full"]
-    settings = priors_lib.PriorSettings(**{**settings.__dict__, "seed": seed})
-    paths = data_lib.prepare(workdir, sizes, zero_shot=zero_shot, seed=seed, log=log)
-    cap_scenes, q_scenes = data_lib.scene_sets(sizes, seed)
-    t_data = time.time()
-    prior = priors_lib.build_base(paths, data_lib.prior_texts(sizes, seed), cap_scenes + q_scenes, settings, log)
-    t_prior = time.time()
+    paths, prior = prepare_base(workdir, quick=quick, seed=seed, zero_shot=zero_shot, log=log)
+    t_data, t_prior = t0 + prior["data_s"], time.time()
 
     train_dir, ckpt_dir, eval_dir = (os.path.join(workdir, d) for d in ("train", "ckpt", "eval"))
     for d in (train_dir, eval_dir):

@@ -12,7 +12,8 @@ Texts (the templates of DESIGN.md §3 are applied later, by the data pipeline an
 
   caption      "two red circles on the left"                               (caption stream, Alpaca caption prompt)
   question     "What colour are the shapes?" → "red" (one per attribute)   (instruction stream, with the image)
-  instruction  "What number comes after two?" → "three", opposites, colour-or-shape
+  instruction  "What number comes after two?" → "three", opposites, "What colour is grass?" → "green",
+               colour-or-shape
                                                                            (instruction stream, text only)
 
 Visual answers need the image: every attribute is uniform over its values, so a model that cannot see scores the
@@ -48,6 +49,16 @@ QUESTIONS = {
 HELDOUT_SEED = 1_000_000
 SUPERSAMPLE = 4
 NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# World knowledge about the scene words: the only text in which a colour or a shape name is predictable, so the
+# language prior learns them as distinct words (otherwise every value of an attribute is interchangeable in its
+# text and the model cannot name one even when its context says which).
+KNOWLEDGE = (("What colour is the sky?", "blue"), ("What colour is grass?", "green"),
+             ("What colour is a lemon?", "yellow"), ("What colour is a strawberry?", "red"),
+             ("What colour is the sea?", "blue"), ("What colour is a leaf?", "green"),
+             ("What colour is the sun?", "yellow"), ("What colour is a fire truck?", "red"),
+             ("Which shape is round?", "circle"), ("Which shape has three sides?", "triangle"),
+             ("Which shape has four equal sides?", "square"), ("What shape is a wheel?", "circle"),
+             ("What shape is a slice of pizza?", "triangle"), ("What shape is a chessboard?", "square"))
 OPPOSITES = (("left", "right"), ("top", "bottom"), ("big", "small"), ("hot", "cold"), ("up", "down"),
              ("day", "night"))
 
@@ -141,7 +152,8 @@ class TextItem:
 
 
 def text_items() -> list[TextItem]:
-    """Every text-only instruction: counting (after / before), opposites, colour-or-shape."""
+    """Every text-only instruction: counting (after / before), opposites, colour and shape knowledge,
+    colour-or-shape."""
     items = []
     for a, b in zip(NUMBERS, NUMBERS[1:]):
         items.append(TextItem("after", f"What number comes after {a}?", b, len(NUMBERS)))
@@ -149,6 +161,9 @@ def text_items() -> list[TextItem]:
     for a, b in OPPOSITES:
         items.append(TextItem("opposite", f"What is the opposite of {a}?", b, 2 * len(OPPOSITES)))
         items.append(TextItem("opposite", f"What is the opposite of {b}?", a, 2 * len(OPPOSITES)))
+    for question, answer in KNOWLEDGE:
+        kind = "colour" if answer in ATTRIBUTES["colour"] else "shape"
+        items.append(TextItem("knowledge", question, answer, len(ATTRIBUTES[kind])))
     for c in ATTRIBUTES["colour"]:
         items.append(TextItem("kind", f"Is {c} a colour or a shape?", "a colour", 2))
     for s in ATTRIBUTES["shape"]:

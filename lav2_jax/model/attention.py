@@ -11,7 +11,8 @@ In decode mode the token entries are absent; the flags and gates still are.
 Packed rows (`segment_ids` [B, T], `lav2_jax.model.segments`): causal attention stays inside each segment, and a
 source may carry prompt segment ids (`adapter_segments` / `visual_segments` [B, P]) so that each segment's queries
 see only their own segment's prompts. `ModelConfig.attention="flash"` runs the causal part with the Pallas TPU
-splash kernel (`lav2_jax.model.flash`) when there is no cache and T is a multiple of 128.
+splash kernel (`lav2_jax.model.flash`) when there is no cache and T is a multiple of 128; `"blocked"` runs it in
+causal query blocks of 128 when there is no cache (`lav2_jax.model.blocked_attention`, for XLA:CPU training).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from lav2_jax.config import AdapterConfig, ModelConfig
 from lav2_jax.model.adapted_dense import adapted_dense
+from lav2_jax.model.blocked_attention import blocked_causal_attention
 from lav2_jax.model.common import as_dtype, constrain, tag, trainable_param
 from lav2_jax.model.prompt_attention import gate_weight, gated_prompt_attention, prompt_kv
 from lav2_jax.model.rope import apply_rope, rope_angles
@@ -81,6 +83,8 @@ class Attention(nn.Module):
             from lav2_jax.model.flash import splash_attention
 
             out = splash_attention(q, k.astype(dtype), v.astype(dtype), segment_ids)
+        elif c.attention == "blocked" and cache is None:  # causal query blocks (lav2_jax.model.blocked_attention)
+            out = blocked_causal_attention(q, k.astype(dtype), v.astype(dtype), positions, segment_ids)
         else:
             scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k_all.astype(dtype), preferred_element_type=jnp.float32)
             seg = segment_ids if cache is None else None  # packed rows are training / scoring only (no cache)

@@ -66,15 +66,19 @@ class Dense(nn.Module):
     use_bias: bool = True
     weight_dtype: str | None = "float32"
     dtype: str = "float32"
+    torch_init: bool = False  # PyTorch nn.Linear's default init: kernel and bias U(±1/√in) (else N(0, 0.02), 0)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = as_dtype(self.dtype)
-        kernel = vit_param(self, "kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.axes,
-                           self.weight_dtype)
+        bound = 1.0 / float(x.shape[-1]) ** 0.5
+        uniform = lambda key, shape, dt=jnp.float32: jax.random.uniform(key, shape, dt, -bound, bound)  # noqa: E731
+        kernel_init, bias_init = (uniform, uniform) if self.torch_init else (nn.initializers.normal(0.02),
+                                                                            nn.initializers.zeros)
+        kernel = vit_param(self, "kernel", kernel_init, (x.shape[-1], self.features), self.axes, self.weight_dtype)
         y = jnp.einsum("...D,DF->...F", x.astype(dtype), kernel.astype(dtype))
         if self.use_bias:
-            bias = vit_param(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:], self.weight_dtype)
+            bias = vit_param(self, "bias", bias_init, (self.features,), self.axes[1:], self.weight_dtype)
             y = y + bias.astype(dtype)
         return y
 

@@ -8,7 +8,8 @@
   y = projector(f): `linear` W1 f + b1, or `mlp2x_gelu` W2 gelu_erf(W1 f + b1) + b2             [M, n_tokens, D]
 
 The tower is frozen (no gradient flows into it: `stop_gradient`, like the original's no-grad forward).
-Parameter tree (C = vision width, D = LLM width; the projector is float32 and trainable per recipe):
+Parameter tree (C = vision width, D = LLM width; the projector is float32 and trainable per recipe; a fresh one
+(stage 1) is initialised like PyTorch's `nn.Linear`, kernel and bias U(±1/√fan_in), as LLaVA builds it):
 
   clip/...                          the tower (`lav2_jax.model.clip`, `output_dim` 0: no `proj`)
   mm_projector/linear_1/{kernel,bias}   [C, D], [D]   HF `multi_modal_projector.linear_1`, original `mm_projector.0`
@@ -36,7 +37,8 @@ class Projector(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = lambda axes, name: Dense(self.out_dim, axes, weight_dtype=None, dtype=self.dtype, name=name)
+        dense = lambda axes, name: Dense(self.out_dim, axes, weight_dtype=None, dtype=self.dtype, torch_init=True,
+                                         name=name)
         if self.kind == "linear":
             return dense(("vis_embed", "embed"), "linear_1")(x)
         if self.kind != "mlp2x_gelu":

@@ -6,7 +6,8 @@
              gives `path` and `max_len`; each process reads its 1/process_count shard with a per-process batch of
              global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction). LLaVA
              models add `data.template` and `data.image_aspect` (square | pad); the image token count and id come
-             from the model's splice config.
+             from the model's splice config; `data.group_by_modality_length` (LLaVA-1.5 stage 2) makes every
+             global batch all-image or all-text (`lav2_jax.data.modality_groups`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def pipeline(config, setup):
                             image_size=vision.image_size if vision is not None else 224,
                             channel_order=order, worker_count=int(d.get("worker_count", 0)),
                             packing=bool(d.get("packing", False)), max_segments=int(sc.get("max_segments", 8)),
+                            group_by_modality_length=bool(d.get("group_by_modality_length", False)),
                             **_spliced_options(d, setup.model.adapter.splice))
         return Pipeline(sc.path, tok, pc)
 

@@ -4,7 +4,8 @@ Fields:
   model.preset / adapter / vision    presets (`lav2_jax.presets`); `tiny_adapter` shrinks the adapter to the model
   model.base_checkpoint              path for `lav2_jax.checkpoint.load_pretrained` ('' = random base from preset)
   model.remat_policy, weight_dtype, dtype   overrides ('' = the preset's)
-  model.attention                    xla | flash (Pallas TPU splash kernel; '' = the preset's, xla)
+  model.attention                    xla | flash (Pallas TPU splash kernel) | blocked (causal query blocks, CPU
+                                     training); '' = the preset's, xla
   model.seed, model.output_scale     random base only (see `lav2_jax.train.state`)
   param_recipe                       column of the group table (`lav2_jax.param_groups.RECIPES`)
   recipe                             joint | pretrain | finetune | full (`lav2_jax.train.step.RECIPES`)

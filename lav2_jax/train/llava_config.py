@@ -15,6 +15,8 @@ visual tokens per image follows from the tower: (image_size / patch)² (+1 with 
 
 from __future__ import annotations
 
+from typing import Optional
+
 from lav2_jax import presets
 from lav2_jax.config import AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
 
@@ -25,9 +27,11 @@ def is_llava(mc) -> bool:
     return mc.get("system", "lav2") == "llava"
 
 
-def llava_configs(mc, model: ModelConfig) -> tuple[AdapterConfig, VisionConfig]:
-    """(adapter, vision) of a LLaVA run described by `config.model` (`mc`), for the language model `model`."""
-    vision = presets.get_vision(mc.vision).replace(output_dim=0)
+def llava_configs(mc, model: ModelConfig, vision: Optional[VisionConfig] = None) -> tuple[AdapterConfig,
+                                                                                         VisionConfig]:
+    """(adapter, vision) of a LLaVA run described by `config.model` (`mc`), for the language model `model`, over
+    the tower `vision` (default: preset `mc.vision`; e.g. a `lav2 convert llava-base` checkpoint's tower)."""
+    vision = (vision or presets.get_vision(mc.vision)).replace(output_dim=0)
     sp = dict(mc.get("splice", {}))
     unknown = set(sp) - set(SPLICE_FIELDS)
     if unknown:
@@ -46,8 +50,10 @@ def llava_configs(mc, model: ModelConfig) -> tuple[AdapterConfig, VisionConfig]:
 
 def add_llava_fields(c, *, projector: str = "mlp2x_gelu", image_token_id: int = 32000, template: str = "vicuna_v1",
                      image_aspect: str = "pad", lora_rank: int = 0, lora_alpha: float = 0.0,
-                     lora_dropout: float = 0.0, feature_layer: int = -2, select: str = "patch"):
-    """Adds the LLaVA fields above (and `data.template`, `data.image_aspect`) to a config from `base_config()`."""
+                     lora_dropout: float = 0.0, feature_layer: int = -2, select: str = "patch",
+                     group_by_modality_length: bool = False):
+    """Adds the LLaVA fields above (and `data.template`, `data.image_aspect`, `data.group_by_modality_length`) to
+    a config from `base_config()`."""
     import ml_collections
 
     c.model.system = "llava"
@@ -56,7 +62,8 @@ def add_llava_fields(c, *, projector: str = "mlp2x_gelu", image_token_id: int = 
     c.model.lora = ml_collections.ConfigDict(dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout))
     c.data.template = template
     c.data.image_aspect = image_aspect
-    c.data.packing = False  # LLaVA trains one sample per row (right padding)
+    c.data.packing = False  # one sample per row (right padding) as the release; packing: `lav2_jax.data.packing`
+    c.data.group_by_modality_length = group_by_modality_length  # each global batch all-image or all-text
     return c
 
 

@@ -2,9 +2,11 @@
 
 `build_optimizer` returns an `optax.multi_transform` over the labels `caption`, `instruction` and `frozen`
 (`optax.set_to_zero()`); each trainable group gets its own AdamW (betas 0.9/0.95 by default), its own learning rate
-with a linear warmup then a half-cycle cosine per step (the released schedule), and its own weight decay, applied only
-to leaves whose role is not a per-layer vector (biases, scales, gates: `NO_DECAY_PATTERN`) and whose per-layer rank
-is ≥ 2 (no decay on 1-D tensors and biases, DESIGN.md §3). Schedules count global steps (`with_schedule_count`).
+with a linear warmup then a half-cycle cosine per step (the released schedule; a group's `decay="linear"` decays
+linearly instead, the Hugging Face Trainer's default that mPLUG-Owl's release uses), and its own weight decay,
+applied only to leaves whose role is not a per-layer vector (biases, scales, gates: `NO_DECAY_PATTERN`) and whose
+per-layer rank is ≥ 2 (no decay on 1-D tensors and biases, DESIGN.md §3). Schedules count global steps
+(`with_schedule_count`).
 
 The optimizer is only ever given the *trainable* leaves (`lav2_jax.param_groups.split`): frozen weights are never
 differentiated and hold no optimizer state; the `frozen` entry only guarantees that a frozen leaf handed to it by
@@ -35,9 +37,15 @@ def learning_rate(base_lr: float, global_batch: int, scale_by_batch: bool) -> fl
     return base_lr * global_batch / 256.0 if scale_by_batch else base_lr
 
 
-def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0):
+DECAYS = ("cosine", "linear")
+
+
+def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0, decay: str = "cosine"):
     """Linear warmup from 0 to `peak_lr` over `warmup_steps`, then a half-cycle cosine down to `min_lr` at
-    `total_steps`, evaluated per optimizer step (the released per-iteration schedule)."""
+    `total_steps`, evaluated per optimizer step (the released per-iteration schedule). `decay="linear"`: a straight
+    line down to `min_lr` instead (`transformers.get_linear_schedule_with_warmup` with min_lr 0)."""
+    if decay not in DECAYS:
+        raise ValueError(f"learning-rate decay {decay!r}: expected one of {DECAYS}")
     warmup_steps = max(int(warmup_steps), 0)
     decay_steps = max(int(total_steps) - warmup_steps, 1)
 
@@ -45,8 +53,8 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: f
         count = jnp.asarray(count, jnp.float32)
         warm = peak_lr * count / max(warmup_steps, 1)
         progress = jnp.clip((count - warmup_steps) / decay_steps, 0.0, 1.0)
-        cos = min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-        return jnp.where(count < warmup_steps, warm, cos)
+        shape = 1.0 - progress if decay == "linear" else 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return jnp.where(count < warmup_steps, warm, min_lr + (peak_lr - min_lr) * shape)
 
     return schedule
 
@@ -78,9 +86,9 @@ def decay_mask(params: Mapping, logical_names: Mapping | None = None) -> dict:
 
 
 def group_transform(lr: float, warmup_steps: int, total_steps: int, weight_decay: float, b1: float, b2: float,
-                    eps: float, mask, min_lr: float = 0.0) -> optax.GradientTransformation:
-    """AdamW with the warmup + half-cycle cosine schedule for one group."""
-    return optax.adamw(warmup_cosine(lr, warmup_steps, total_steps, min_lr), b1=b1, b2=b2, eps=eps,
+                    eps: float, mask, min_lr: float = 0.0, decay: str = "cosine") -> optax.GradientTransformation:
+    """AdamW with the warmup + half-cycle cosine (or linear, `decay`) schedule for one group."""
+    return optax.adamw(warmup_cosine(lr, warmup_steps, total_steps, min_lr, decay), b1=b1, b2=b2, eps=eps,
                        weight_decay=weight_decay, mask=mask)
 
 
@@ -89,7 +97,8 @@ def build_optimizer(trainable: Mapping, labels: Mapping, groups_cfg: Mapping[str
                     ) -> optax.GradientTransformation:
     """`optax.multi_transform` for a trainable tree `trainable` with group `labels` (same structure).
 
-    groups_cfg[group] has: base_lr, scale_lr_by_batch, warmup_steps, weight_decay, b1, b2, eps, min_lr.
+    groups_cfg[group] has: base_lr, scale_lr_by_batch, warmup_steps, weight_decay, b1, b2, eps, min_lr, and
+    optionally decay (cosine | linear; default cosine).
     `total_steps` is the number of optimizer steps of the run (the cosine reaches `min_lr` there); `global_batch`
     (one number or one per group) scales the learning rate when `scale_lr_by_batch`.
     """
@@ -100,7 +109,7 @@ def build_optimizer(trainable: Mapping, labels: Mapping, groups_cfg: Mapping[str
         lr = learning_rate(c["base_lr"], _batch_of(global_batch, g), c.get("scale_lr_by_batch", True))
         transforms[g] = group_transform(lr, c.get("warmup_steps", 0), total_steps, c.get("weight_decay", 0.0),
                                         c.get("b1", 0.9), c.get("b2", 0.95), c.get("eps", 1e-8), mask,
-                                        c.get("min_lr", 0.0))
+                                        c.get("min_lr", 0.0), c.get("decay", "cosine"))
     return optax.multi_transform(transforms, labels)
 
 
@@ -115,7 +124,8 @@ def group_learning_rates(groups_cfg: Mapping[str, Any], total_steps: int, global
     for g in TRAINABLE_GROUPS:
         c = groups_cfg[g]
         lr = learning_rate(c["base_lr"], _batch_of(global_batch, g), c.get("scale_lr_by_batch", True))
-        out[g] = float(warmup_cosine(lr, c.get("warmup_steps", 0), total_steps, c.get("min_lr", 0.0))(step))
+        out[g] = float(warmup_cosine(lr, c.get("warmup_steps", 0), total_steps, c.get("min_lr", 0.0),
+                                     c.get("decay", "cosine"))(step))
     return out
 
 

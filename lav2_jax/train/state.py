@@ -117,9 +117,15 @@ def model_from_config(mc):
         base = read_config(mc.base_checkpoint)
         config = _override(base.model, remat_policy=mc.get("remat_policy"), weight_dtype=mc.get("weight_dtype"),
                            dtype=mc.get("dtype"))
-        if adapter.splice is not None:  # LLaVA over a converted LLaVA / stage-1 checkpoint: its tower and splice
-            base_splice = base.adapter.splice if base.adapter is not None else None
-            adapter = adapter.replace(splice=base_splice or adapter.splice)
+        base_splice = base.adapter.splice if base.adapter is not None else None
+        if adapter.splice is not None and base_splice is not None:  # a converted LLaVA, a stage-1 export: its splice
+            adapter, vision = adapter.replace(splice=base_splice), base.vision or vision
+        elif llava_config.is_llava(mc):  # LM + CLIP (`lav2 convert llava-base`): the config's splice, its tower
+            if base.vision is None:
+                raise ValueError(f"{mc.base_checkpoint}: holds no vision tower for LLaVA; combine the language model "
+                                 "with a CLIP checkpoint first (lav2 convert llava-base --llm ... --clip ...)")
+            adapter, vision = llava_config.llava_configs(mc, config, base.vision)
+        elif adapter.splice is not None:
             vision = base.vision or vision
         else:
             vision = (base.vision or vision) if adapter.has_visual else None

@@ -1,0 +1,23 @@
+"""The demo CLIP tower → mPLUG-Owl vision-model conversion of `lav2 demo --systems` (`lav2_jax.demo.system_inits`);
+the tiny run of the comparison itself is in tests/test_demo.py (it reuses that module's demo workdir)."""
+
+import chex
+import jax
+
+from lav2_jax import presets
+from lav2_jax.demo import system_inits
+from lav2_jax.model.clip import CLIPVisionTower
+from lav2_jax.model.owl_vision import OwlVisionModel
+
+
+def test_clip_tower_to_owl_vision_layout():
+    """The converted tree computes the CLIP tower's tokens before `proj` (same eps), in Owl's per-head layout."""
+    vision = presets.get_vision("tiny")
+    images = jax.random.normal(jax.random.PRNGKey(1), (2, vision.image_size, vision.image_size, 3))
+    clip = CLIPVisionTower(vision).init(jax.random.PRNGKey(0), images)["params"]
+    want = CLIPVisionTower(vision.replace(output_dim=0)).apply(
+        {"params": {k: v for k, v in clip.items() if k != "proj"}}, images)
+    owl = OwlVisionModel(vision.replace(output_dim=vision.width))
+    got = owl.apply({"params": system_inits.clip_to_owl_vision(clip, vision.heads)}, images)
+    chex.assert_shape(got, (2, vision.num_tokens, vision.width))
+    chex.assert_trees_all_close(got, want, atol=1e-5)
