@@ -1,5 +1,6 @@
 """One test per reliability defect: per-stream clipping, no NaN leak across groups, schedules in step after a skipped
-update, the base checkpoint's channel order, the role-based decay mask, CLIP heads, config-override errors."""
+update, the base checkpoint's channel order, the role-based decay mask, CLIP heads, config-override errors, the
+quiet failed checkpoint read."""
 
 import types
 
@@ -179,3 +180,32 @@ def test_mistyped_config_override_names_the_field_and_the_closest(tmp_path, caps
     assert "closest: log.progress" in capsys.readouterr().err
     assert main(base + ["--config.total_steps=ten"]) == 2
     assert "'total_steps' takes int values; 'ten'" in capsys.readouterr().err
+
+
+def test_failed_read_silences_tensorstore_futures_only():
+    """After a failed checkpoint read, the unretrieved futures of its sibling TensorStore reads (plain futures whose
+    repr names only the OCDBT database) log nothing; an unrelated unretrieved future still logs."""
+    import asyncio
+    import gc
+    import io
+    import logging
+
+    from lav2_jax.checkpoint.items import quiet_failed_reads
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logging.getLogger("asyncio").addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_failed_reads()
+        for message in ('OUT_OF_RANGE: Error reading "params.x/0.0.0" in OCDBT database at local file "/tmp/c/"',
+                        "unrelated failure"):
+            f = loop.create_future()
+            f.set_exception(ValueError(message))
+            del f
+            gc.collect()
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+        loop.close()
+    logged = buf.getvalue()
+    assert "OCDBT" not in logged and "unrelated failure" in logged

@@ -53,7 +53,8 @@ def reason(e: BaseException) -> str:
 
 def quiet_failed_reads() -> None:
     """Silences what a failed orbax read leaves behind: its sibling reads' tasks, destroyed unretrieved, log
-    `Task exception was never retrieved` (the `asyncio` logger) and its suspended coroutines, closed at exit, print
+    `Task exception was never retrieved` or, for TensorStore's own futures, `Future exception was never retrieved`
+    (the `asyncio` logger) and its suspended coroutines, closed at exit, print
     `Exception ignored in: <coroutine ...>` (`sys.unraisablehook`). Both are dropped, for orbax's own
     coroutines only, from the first failure on; the failure itself is reported as a `CheckpointReadError`."""
     global _QUIET
@@ -72,10 +73,15 @@ def _from_orbax(obj) -> bool:
     return code is not None and "orbax" in code.co_filename
 
 
+# A sibling read's plain TensorStore future (no orbax coroutine in its repr) names only the damaged database.
+_TENSORSTORE_READ = ("OCDBT database", "TensorStore")
+
+
 def _drop_orbax_task_errors(record: logging.LogRecord) -> bool:
     future = (record.args or {}).get("future") if isinstance(record.args, dict) else None
     text = record.getMessage()
-    return not ("never retrieved" in text and ("orbax" in text or _from_orbax(future)))
+    ours = "orbax" in text or _from_orbax(future) or any(m in text for m in _TENSORSTORE_READ)
+    return not ("never retrieved" in text and ours)
 
 
 def _drop_orbax_unraisable(previous):
