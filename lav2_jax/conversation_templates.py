@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lav2_jax.templates import CHAT_SYSTEM, ROLES, Segments
+from lav2_jax.templates import CHAT_SYSTEM, ROLES, Segments, render  # noqa: F401 - render: part of this API
 
 IMAGE = "<image>"
 EOS = "</s>"
@@ -130,10 +130,6 @@ def caption_segments(caption: str) -> Segments:
     """The `plain` sample of an image–caption pair: ``<image>`` + caption + ``"\\n"``, loss on caption + newline."""
     return [(IMAGE, False), (caption + "\n", True)]
 
-
-def render(segments: Segments) -> str:
-    """The segments' text, special segments written as ``<image>`` / ``</s>``."""
-    return "".join(t for t, _ in segments)
 
 
 def prompt_segments(template: str, turns: Sequence[tuple[str, str]], image_turn: int = -1,

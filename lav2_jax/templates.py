@@ -52,6 +52,12 @@ def alpaca(instruction: str, input: str | None = None) -> str:  # noqa: A002 - t
     return ALPACA_NO_INPUT.format(instruction=instruction)
 
 
+def render(segments: Segments) -> str:
+    """The segments' text, concatenated: what the model reads (special segments such as ``<image>`` or ``</s>``
+    written as their text)."""
+    return "".join(t for t, _ in segments)
+
+
 def caption_prompt() -> str:
     """`alpaca("Generate caption of this image")`: the prompt of every caption sample."""
     return alpaca(CAPTION_INSTRUCTION)
@@ -98,5 +104,5 @@ def chat_prompt(turns: Sequence[tuple[str, str]], system: str | None = None) -> 
     _check_turns(turns, "human")
     if len(turns) == 1:
         return chat_segments([*turns, ("assistant", "")], system)[0][0]
-    text = "".join(t for t, _ in chat_segments(turns[:-1], system))
+    text = render(chat_segments(turns[:-1], system))
     return f"{text}{CHAT_SEP}{HUMAN}: {turns[-1][1]}{CHAT_SEP}{ASSISTANT}:"

@@ -105,7 +105,7 @@ def conversations(question_scenes: list[sc.Scene], sizes: Sizes, zero_shot: bool
 
 
 def _chat(question: str, answer: str) -> str:
-    return "".join(t for t, _ in templates.chat_segments([("human", question), ("assistant", answer)]))
+    return templates.render(templates.chat_segments([("human", question), ("assistant", answer)]))
 
 
 def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
@@ -119,10 +119,10 @@ def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
       context — what a pretrained LLaMA brings, and what the visual prompts later supply instead of the words;
     - the text-only instructions, `text_repeats` times each."""
     cap_scenes, q_scenes = scene_sets(sizes, seed)
-    out = ["".join(t for t, _ in templates.caption_segments(s.caption())) for s in cap_scenes]
+    out = [templates.render(templates.caption_segments(s.caption())) for s in cap_scenes]
     for s in cap_scenes:
-        out.append("".join(t for t, _ in templates.instruction_segments(templates.CAPTION_INSTRUCTION,
-                                                                        s.caption(), s.caption())))
+        out.append(templates.render(templates.instruction_segments(templates.CAPTION_INSTRUCTION, s.caption(),
+                                                                   s.caption())))
     for s in q_scenes:
         for _, q, a in sc.questions(s):
             out.append(_chat(q, a))
