@@ -171,6 +171,24 @@ class PatchEmbed(nn.Module):
         return x.reshape(b, (h // p) * (w // p), c.width)
 
 
+def embed_with_cls(module: nn.Module, images: jax.Array, c: VisionConfig, names: tuple[str, str, str],
+                   pos_std: float) -> jax.Array:
+    """images [B, H, W, C] → [B, T, D]: patch embeddings (`PatchEmbed`) after a learned CLS token, plus learned
+    positions. `names`: (patch conv, CLS, positions) parameter names of `module`'s tree; `pos_std`: the positions'
+    init std. Raises ValueError for images other than `c.image_size` square."""
+    b, h, w, _ = images.shape
+    if (h, w) != (c.image_size, c.image_size):
+        raise ValueError(f"{type(module).__name__} expects {c.image_size}x{c.image_size} images, got {h}x{w}")
+    dtype = as_dtype(c.dtype)
+    patch, cls_name, pos_name = names
+    x = PatchEmbed(c, name=patch)(images)  # [B, T-1, D]
+    cls = frozen_param(module, cls_name, nn.initializers.normal(0.02), (c.width,), ("vis_embed",), c.weight_dtype)
+    pos = frozen_param(module, pos_name, nn.initializers.normal(pos_std), (c.num_tokens, c.width),
+                       ("vis_tokens", "vis_embed"), c.weight_dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.width)), x], axis=1)
+    return x + pos.astype(dtype)[None]
+
+
 class CLIPVisionTower(nn.Module):
     """images [B, H, W, 3] float32 (normalised) → tokens [B, T, output_dim] in `config.dtype`.
 
@@ -186,17 +204,7 @@ class CLIPVisionTower(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array, return_hidden_states: bool = False, feature_layer: Optional[int] = None):
         c = self.config
-        b, h, w, _ = images.shape
-        if (h, w) != (c.image_size, c.image_size):
-            raise ValueError(f"CLIPVisionTower expects {c.image_size}x{c.image_size} images, got {h}x{w}")
-        dtype = as_dtype(c.dtype)
-        x = PatchEmbed(c, name="conv1")(images)  # [B, T-1, D]
-        cls = frozen_param(self, "class_embedding", nn.initializers.normal(0.02), (c.width,), ("vis_embed",),
-                           c.weight_dtype)
-        pos = frozen_param(self, "positional_embedding", nn.initializers.normal(0.01), (c.num_tokens, c.width),
-                           ("vis_tokens", "vis_embed"), c.weight_dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.width)), x], axis=1)
-        x = x + pos.astype(dtype)[None]
+        x = embed_with_cls(self, images, c, ("conv1", "class_embedding", "positional_embedding"), pos_std=0.01)
         x = constrain(LayerNorm(eps=c.layer_norm_eps, weight_dtype=c.weight_dtype, dtype=c.dtype, name="ln_pre")(x),
                       ACT_AXES)
         if feature_layer is not None:
@@ -210,7 +218,7 @@ class CLIPVisionTower(nn.Module):
         if c.output_dim:
             proj = frozen_param(self, "proj", nn.initializers.normal(c.width ** -0.5), (c.width, c.output_dim),
                                 ("vis_embed", None), c.weight_dtype)
-            y = jnp.einsum("BTD,DO->BTO", y, proj.astype(dtype))
+            y = jnp.einsum("BTD,DO->BTO", y, proj.astype(as_dtype(c.dtype)))
         tokens = constrain(y, ACT_AXES)
         if feature_layer is not None:
             return constrain(kept, ACT_AXES)

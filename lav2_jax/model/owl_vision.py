@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lav2_jax.config import VisionConfig
-from lav2_jax.model.clip import ACT_AXES, CLIPMlp, Dense, PatchEmbed
-from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, tag
+from lav2_jax.model.clip import ACT_AXES, CLIPMlp, Dense, embed_with_cls
+from lav2_jax.model.common import constrain, maybe_remat, scan_layers, tag
 from lav2_jax.model.norms import LayerNorm
 
 
@@ -105,18 +105,9 @@ class OwlVisionModel(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         c = self.config
-        b, h, w, _ = images.shape
-        if (h, w) != (c.image_size, c.image_size):
-            raise ValueError(f"OwlVisionModel expects {c.image_size}x{c.image_size} images, got {h}x{w}")
+        x = embed_with_cls(self, images, c, ("patch_embed", "cls_token", "position_embedding"), pos_std=0.02)
         if c.width % c.heads:
             raise ValueError(f"OwlVisionModel: width={c.width} is not divisible by heads={c.heads}")
-        dtype = as_dtype(c.dtype)
-        x = PatchEmbed(c, name="patch_embed")(images)  # [B, T-1, D]
-        cls = frozen_param(self, "cls_token", nn.initializers.normal(0.02), (c.width,), ("vis_embed",),
-                           c.weight_dtype)
-        pos = frozen_param(self, "position_embedding", nn.initializers.normal(0.02), (c.num_tokens, c.width),
-                           ("vis_tokens", "vis_embed"), c.weight_dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.width)), x], axis=1)
-        x = constrain(_norm(c, "pre_layernorm")(x + pos.astype(dtype)[None]), ACT_AXES)
+        x = constrain(_norm(c, "pre_layernorm")(x), ACT_AXES)
         x, _ = scan_layers(maybe_remat(OwlEncoderLayer, c.remat_policy), c.layers, in_axes=())(c, name="layers")(x)
         return constrain(_norm(c, "post_layernorm")(x), ACT_AXES)
