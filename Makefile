@@ -22,7 +22,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
-# The method end to end on embedded data (about 5 minutes on 2 cores): report in demo_out/report.md.
+# The method end to end on embedded data (about 2 minutes on 2 quiet cores): report in demo_out/report.md.
 demo: $(STAMP)
 	$(VENV)/bin/lav2 demo --workdir demo_out
 

@@ -1,7 +1,8 @@
 """Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (DESIGN.md §7).
 
     .venv/bin/python benchmarks/train_step.py [--configs s,m] [--iters 5] [--warmup 2]
-        [--streams equal,equal-finetune,alpaca] [--layout unrolled|scan] [--vocab-chunk 0]
+        [--streams equal,equal-finetune,alpaca] [--layout unrolled|scan] [--vocab-chunk 0] [--cpu-devices 1]
+        [--xla-flags '...']
 
 litgpt is not a dependency: without it the lav2_jax rows still run and a line prints the install command
 (`LITGPT_INSTALL`: `--no-deps`, because its resolver would downgrade huggingface_hub).
@@ -136,8 +137,11 @@ def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int]]:
 
 
 def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: str = "all",
-            layout: str = "unrolled", vocab_chunk: int = 0, attention: str = "blocked") -> dict:
+            layout: str = "unrolled", vocab_chunk: int = 0, attention: str = "blocked", devices: int = 1) -> dict:
     import jax
+
+    if devices > 1:  # data parallel over host "devices" (one XLA program each, batch rows split between them)
+        jax.config.update("jax_num_cpu_devices", devices)
 
     from lav2_jax import presets
     from lav2_jax.model.factory import build_model
@@ -154,7 +158,7 @@ def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: 
     c.total_steps, c.loss.vocab_chunk = 1000, vocab_chunk
     c.batch[key] = BATCH
     c.optim.instruction = group(1e-3, 0.02, warmup_steps=10)
-    mesh = make_mesh(1, 1, 1, jax.devices()[:1])
+    mesh = make_mesh(devices, 1, 1, jax.devices()[:devices])
     setup, state = state_lib.build(c, mesh, model=model)
     batches = stream_batches(mode, cfg.vocab_size, warmup + iters)
     times = []
@@ -241,7 +245,7 @@ def child(args) -> None:
         out = run_peak()
     elif args.only == "jax":
         out = run_jax(args.config, args.iters, args.warmup, args.mode, args.trainable, args.layout,
-                      args.vocab_chunk, args.attention)
+                      args.vocab_chunk, args.attention, args.cpu_devices)
     else:
         out = run_litgpt(args.config, args.iters, args.warmup, args.mode, args.trainable)
     print("RESULT " + json.dumps(out), flush=True)
@@ -250,8 +254,11 @@ def child(args) -> None:
 def measure(kind: str, name: str | None, args, mode: str = "equal", trainable: str = "all") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--only", kind, "--iters", str(args.iters),
            "--warmup", str(args.warmup), "--mode", mode, "--trainable", trainable, "--layout", args.layout,
-           "--vocab-chunk", str(args.vocab_chunk), "--attention", args.attention] + (["--config", name] if name else [])
+           "--vocab-chunk", str(args.vocab_chunk), "--attention", args.attention,
+           "--cpu-devices", str(args.cpu_devices)] + (["--config", name] if name else [])
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    if args.xla_flags and kind == "jax":
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
@@ -277,6 +284,10 @@ def main() -> None:
                    help="lav2_jax ModelConfig.attention (blocked: causal query blocks of 128, for CPU training)")
     p.add_argument("--vocab-chunk", type=int, default=0,
                    help="lav2_jax loss.vocab_chunk (0: whole-vocabulary logits, no recompute; CPU memory allows it)")
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="lav2_jax data parallel over this many host devices (jax_num_cpu_devices; rows split "
+                        "between them, frozen weights replicated per device)")
+    p.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the lav2_jax rows only")
     args = p.parse_args()
     if args.only:
         return child(args)
@@ -291,7 +302,8 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}), {datetime.date.today()}")
     print(f"# matmul peak (2048³ float32): jax {peak.get('jax', 0) / 1e9:.1f} GFLOP/s, "
           f"torch {peak.get('torch', 0) / 1e9:.1f} GFLOP/s; MFU against {best / 1e9:.1f} GFLOP/s")
-    print(f"# lav2_jax: {args.layout} layers, attention={args.attention}, loss.vocab_chunk={args.vocab_chunk}; "
+    print(f"# lav2_jax: {args.layout} layers, attention={args.attention}, loss.vocab_chunk={args.vocab_chunk}, "
+          f"{args.cpu_devices} host device(s){', XLA_FLAGS ' + args.xla_flags if args.xla_flags else ''}; "
           f"load average at start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"# command: {' '.join([os.path.relpath(sys.executable, ROOT), 'benchmarks/train_step.py'] + sys.argv[1:])}")

@@ -21,8 +21,10 @@ def get_config():
                    base_checkpoint="demo_out/base")
     c.param_recipe, c.recipe = "paper-joint", "joint"
     c.total_steps = 300
-    c.batch.update(caption=16, instruction=16)
-    c.optim.caption = group(3e-2, 0.0, warmup_steps=10, scale_lr_by_batch=False)
+    # Measured on the demo's task (held-out caption colour after 300 steps): caption lr 3e-2 stayed at chance;
+    # 1e-2 with caption batches of 16 gave 0.74, of 32 1.00.
+    c.batch.update(caption=32, instruction=16)
+    c.optim.caption = group(1e-2, 0.0, warmup_steps=10, scale_lr_by_batch=False)
     c.optim.instruction = group(1e-2, 0.0, warmup_steps=10, scale_lr_by_batch=False)
     c.loss.vocab_chunk = 0
     c.data.update(source="pipeline", tokenizer="demo_out/tokenizer/tokenizer.model", channel_order="rgb",

@@ -21,4 +21,10 @@ def get_config():
     c.data.caption.max_len, c.data.instruction.max_len = 96, 512
     c.log.every_steps = 20
     c.data.packing = True  # several samples per row, attention and loss kept per sample (lav2_jax.data.packing)
+    # Save the projection matmuls' outputs (recompute only elementwise work, attention scores and the loss head) and
+    # run the batch as 4 micro-batches: AOT-compiled for v5e-8 at batch 64 + 64 this needs 5.57 GiB per chip (34.8 %)
+    # at 1.034x the analytic FLOPs, against 6.27 GiB (39.2 %) and 1.490x with full remat in one batch; at this
+    # config's 32 + 32 rows, 4.10 GiB (25.6 %) at 1.034x (benchmarks/RESULTS.md, "TPU sizing").
+    c.model.remat_policy = "dots_no_batch"
+    c.optim.accum_steps = 4
     return c

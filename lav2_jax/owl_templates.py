@@ -2,7 +2,9 @@
 loss-annotated segments for training (`lav2_jax.data.owl_samples`) and prompt strings for generation.
 
 A conversation is ``[(role, text), ...]`` with roles alternating ``"human"`` / ``"assistant"`` from a human turn;
-`image_turn` is the index of the human turn the image belongs to (-1: text-only). Rendered (``{S}`` = `SYSTEM`
+`image_turn` is the index of the human turn the image belongs to (-1: text-only), or one index per image of a
+multi-image sample (in image order; several images may precede the same turn, one ``Human: <image>`` line each).
+Rendered (``{S}`` = `SYSTEM`
 unless the record has its own; loss on the parts in ⟦ ⟧; `EOS` is the tokenizer's EOS id, `IMAGE` the image's
 Q + 1 placeholder ids)::
 
@@ -21,7 +23,7 @@ prefix and no special tokens, after one BOS): around `IMAGE`, before and after e
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from lav2_jax.conversation_templates import EOS, IMAGE
 
@@ -39,16 +41,19 @@ def _check(turns: Sequence[tuple[str, str]]) -> None:
             raise ValueError(f"turn {i} is {role!r}: turns must alternate human/assistant, starting with human")
 
 
-def training_segments(turns: Sequence[tuple[str, str]], image_turn: int = -1, system: Optional[str] = None
-                      ) -> Segments:
-    """Segments of a complete conversation (ends with an assistant turn); see the module docstring."""
+def training_segments(turns: Sequence[tuple[str, str]], image_turn: Union[int, Sequence[int]] = -1,
+                      system: Optional[str] = None) -> Segments:
+    """Segments of a complete conversation (ends with an assistant turn); see the module docstring.
+    `image_turn`: one turn index, or one per image (images in order; an index that is not a human turn's renders
+    no image)."""
     _check(turns)
     if not turns or len(turns) % 2:
         raise ValueError("a training conversation needs complete human/assistant pairs")
+    image_turns = [int(t) for t in image_turn] if hasattr(image_turn, "__iter__") else [int(image_turn)]
     out: Segments = []
     text = system or SYSTEM
     for i in range(0, len(turns), 2):
-        if i == image_turn:
+        for _ in range(image_turns.count(i)):  # one `Human: <image>` line per image of this turn
             out += [(text + HUMAN, False), (IMAGE, False)]
             text = ""
         out.append((text + HUMAN + turns[i][1] + AI, False))
@@ -62,10 +67,11 @@ def caption_segments(caption: str, system: Optional[str] = None) -> Segments:
     return [((system or SYSTEM) + HUMAN, False), (IMAGE, False), (AI, False), (caption, True), (EOS, True)]
 
 
-def prompt(question: str, image: bool = False, history: Sequence[tuple[str, str]] = (), image_turn: int = 0,
-           system: Optional[str] = None) -> str:
+def prompt(question: str, image: Union[bool, int] = False, history: Sequence[tuple[str, str]] = (),
+           image_turn: int = 0, system: Optional[str] = None) -> str:
     """The generation prompt: `history` (complete human/assistant turns), then `question`, then the open
-    ``"\\nAI: "``; with `image`, the ``Human: <image>`` line precedes turn `image_turn` (a human turn's index).
+    ``"\\nAI: "``; with `image`, the ``Human: <image>`` line precedes turn `image_turn` (a human turn's index);
+    an int `image` is a number of images, one ``Human: <image>`` line each (a multi-image prompt).
 
     `prompt("What is this?", image=True)` = the release's
     ``"{S}\\nHuman: <image>\\nHuman: What is this?\\nAI: "``. Past answers are rendered as text (no EOS).
@@ -74,8 +80,8 @@ def prompt(question: str, image: bool = False, history: Sequence[tuple[str, str]
     _check(turns)
     out = system or SYSTEM
     for i in range(0, len(turns), 2):
-        if image and i == image_turn:
-            out += HUMAN + IMAGE
+        if i == image_turn:
+            out += (HUMAN + IMAGE) * int(image)
         out += HUMAN + turns[i][1] + AI
         if i + 1 < len(turns):
             out += turns[i + 1][1]

@@ -12,6 +12,8 @@ at the front of the first human turn, replies ending at ``</s>``).
   chat_stop(adapter)                                      the text that ends a reply in chat
   caption_prompt(adapter)                                 the prompt that asks for an image's caption
   from_alpaca(adapter, prompt, image=False)               an Alpaca prompt re-rendered for the system (eval)
+
+`image` may be a number of images for `owl` (one ``Human: <image>`` line each, a multi-image prompt).
 """
 
 from __future__ import annotations

@@ -79,16 +79,21 @@ def test_greedy_generation_from_converted(owl):
     images = _images(seed=5)
     got = lav2_jax.generate(bundle, [text], images=[images[0]], max_new_tokens=6, temperature=0.0).token_ids[0]
     ids = bundle.tokenizer.encode(text, bos=True)
-    emb = _hf_embeds(hf, sd, ids, images)
+    want = _hf_greedy(hf, _hf_embeds(hf, sd, ids, images), 6, bundle.tokenizer.eos_id)
+    assert got == want and len(want) > 0, (got, want)
+
+
+def _hf_greedy(hf, emb, steps: int, eos_id: int) -> list:
+    """HF greedy decoding from inputs_embeds [1, T, D]: the new ids (EOS not included)."""
     want = []
     with torch.no_grad():
-        for _ in range(6):
+        for _ in range(steps):
             nxt = int(hf(inputs_embeds=emb).logits[0, -1].argmax())
-            if nxt == bundle.tokenizer.eos_id:
+            if nxt == eos_id:
                 break
             want.append(nxt)
             emb = torch.cat([emb, hf.model.embed_tokens(torch.tensor([[nxt]]))], dim=1)
-    assert got == want and len(want) > 0, (got, want)
+    return want
 
 
 def _fails(src_sd, hf, tmp_path, *patterns):
@@ -149,3 +154,34 @@ def test_encode_images_chat_and_generate_cli(owl, tmp_path, capsys):
     assert main(["generate", "--ckpt", out, "--prompt", "the cat", "--image", png, "--max-new-tokens", "3",
                  "--temperature", "0"]) == 0
     capsys.readouterr()
+
+
+def test_greedy_generation_with_two_images(owl, tmp_path, capsys):
+    """A prompt with two `Human: <image>` lines and a [2, H, W, 3] stack: the ids of HF greedy decoding from the
+    embeddings with image j's reference visual tokens over the j-th placeholder run; the CLI's repeated `--image`
+    renders the same prompt and prints the same text; a chat session puts both image lines first."""
+    from lav2_jax.data.testing import write_image
+    from lav2_jax.inference.chat import ChatSession
+    from lav2_jax.inference.experts import load_for_model
+
+    hf, sd, _, out = owl
+    bundle = load_pretrained(out)
+    text = owl_prompt("are they the same", image=2)
+    assert text == owl_prompt("are they the same", image=True).replace("Human: <image>", "Human: <image>\nHuman: "
+                                                                        "<image>")
+    pngs = [write_image(str(tmp_path / f"{i}.png"), 40, 36, seed=10 + i) for i in range(2)]
+    images = np.stack([load_for_model(bundle, p) for p in pngs])
+    got = lav2_jax.generate(bundle, [text], images=[images], max_new_tokens=5, temperature=0.0)
+    ids = np.asarray(bundle.tokenizer.encode(text, bos=True))
+    assert (ids == -1).sum() == 10
+    visual = ref_abstractor(sd, ref_vision(sd, images)).reshape(-1, LLM.dim)  # image 0's tokens, then image 1's
+    with torch.no_grad():
+        emb = hf.model.embed_tokens(torch.from_numpy(np.where(ids < 0, 0, ids))[None]).double().numpy()
+    emb[0, ids < 0] = visual
+    want = _hf_greedy(hf, torch.from_numpy(emb.astype(np.float32)), 5, bundle.tokenizer.eos_id)
+    assert got.token_ids[0] == want and len(want) > 0, (got.token_ids[0], want)
+    capsys.readouterr()
+    assert main(["generate", "--ckpt", out, "--prompt", "are they the same", "--image", pngs[0], "--image",
+                 pngs[1], "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == got.texts[0] + "\n"
+    assert ChatSession(bundle, image=images).prompt_for("are they the same") == text

@@ -41,10 +41,10 @@ def test_demo_quick_report(demo_dir):
         for metric in ("caption_accuracy", "vqa_accuracy"):
             assert h[cond][metric] <= h["chance"][metric] + 1e-9
     assert h["chance"]["caption_accuracy"] == pytest.approx(sc.chance())
-    # The visual path carries the image: with it the trained adapter names more attributes than with its gates
-    # off (measured: 0.410 vs 0.354, mostly position). The stronger "gates-off + 0.3" is not reached by
-    # the 60-step run (the tiny frozen LM cannot yet name a colour or shape from its context).
-    assert h["trained"]["caption_accuracy"] > h["gates_off"]["caption_accuracy"]
+    # The visual path carries the image: with it the trained adapter names far more attributes than with its
+    # gates off (measured: 0.781 vs 0.354; colour 0.74, shape 0.46, count 0.93, position 1.00).
+    assert h["trained"]["caption_accuracy"] >= h["gates_off"]["caption_accuracy"] + 0.3
+    assert h["trained"]["vqa_accuracy"] > h["gates_off"]["vqa_accuracy"]
     png = (demo_dir / "report.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
     assert "caption_accuracy" in (demo_dir / "report.md").read_text()

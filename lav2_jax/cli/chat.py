@@ -4,7 +4,8 @@ Reads one human message per line from stdin (EOF, `/quit` or `/exit` ends; `/res
 streams each reply as it is produced, prefixed "Assistant: ". The conversation uses the chat template of
 DESIGN.md §3 (`lav2_jax.inference.chat.ChatSession`): when the history no longer fits the model's context with
 room for `--max-new-tokens`, the oldest exchanges are dropped and a notice is printed on stderr. With `--image`,
-every turn sees the image (models with a vision tower only).
+every turn sees the image (models with a vision tower only); mPLUG-Owl takes `--image` repeated (one
+`Human: <image>` line per image, before the first question).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ def run(args) -> int:
     from lav2_jax.inference import PromptError
     from lav2_jax.inference.chat import ChatSession
 
-    if args.image is not None:
-        check_image_path(args.image)
+    import numpy as np
+
+    paths = [check_image_path(p) for p in args.image or ()]
     bundle = load_bundle(args)
-    pixels = model_pixels(bundle, args.image) if args.image is not None else None
+    if len(paths) > 1 and bundle.model.adapter.system != "owl":
+        raise UserError(f"{len(paths)} --image given: several images per conversation are mPLUG-Owl's")
+    pixels = [model_pixels(bundle, p) for p in paths]
+    pixels = None if not pixels else pixels[0] if len(pixels) == 1 else np.stack(pixels)
     session = ChatSession(bundle, image=pixels, system=args.system, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     interactive = sys.stdin.isatty()

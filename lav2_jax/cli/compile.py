@@ -5,8 +5,8 @@
 
 Runs on a CPU host with libtpu installed (`pip install -e '.[tpu]'`); nothing is allocated or run. With `--config`,
 the mesh, batch sizes, sequence lengths, recipe, optimizer and remat policy come from the training config
-(`--mesh` overrides its mesh, `--remat` its remat policy, `--accum-steps` its micro-batches, and any
-`--config.<key>=<value>` its fields, as in `lav2 train`), e.g.
+(`--mesh` overrides its mesh, `--batch` the global batch of every stream of its recipe, `--remat` its remat
+policy, `--accum-steps` its micro-batches, and any `--config.<key>=<value>` its fields, as in `lav2 train`), e.g.
 
     lav2 compile --config configs/joint_7b.py --topology v5e:2x4 --config.batch.instruction=64
 """
@@ -26,8 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", required=True, help="TPU topology name, e.g. v5e:2x4, v4:2x2x2, v5p:2x2x4")
     p.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes (one may be -1 = fill); default 1,-1,1 "
                    "or the config's mesh")
-    p.add_argument("--batch", type=int, default=8, help="global batch size")
-    p.add_argument("--seq", type=int, default=512, help="sequence length")
+    p.add_argument("--batch", type=int, default=None, help="global batch size (default 8; with --config: the rows of "
+                   "every stream of the recipe, i.e. each config.batch.<stream>)")
+    p.add_argument("--seq", type=int, default=None, help="sequence length of --model (default 512); with --config "
+                   "set --config.data.<stream>.max_len instead")
     p.add_argument("--weight-dtype", default=None, help="frozen weight dtype (default: the preset's, bfloat16)")
     p.add_argument("--remat", default=None, help="remat policy for the scanned layers (with --config: overrides "
                    "config.model.remat_policy)")
@@ -85,7 +87,22 @@ def run(args) -> int:
 
 def _train_step(args) -> dict:
     from lav2_jax import aot
+    from lav2_jax.train.step import recipe_streams
+
+    config, mesh = train_config(args)
+    report = aot.compile_report(args.topology, mesh, aot.compile_train_step(config, mesh))
+    batches = {s.batch_key: int(config.batch[s.batch_key]) for s in recipe_streams(config.recipe)}
+    what = f"{config.model.preset} + {config.model.adapter}: train step ({config.recipe}, batch {batches})"
+    out = dict(report.as_dict(), program="train_step", what=what, config=args.config,
+               remat=config.model.remat_policy, accum_steps=int(config.optim.accum_steps))
+    return _with_ratio(out, aot.train_step_analytic(config))
+
+
+def train_config(args) -> tuple:
+    """(training config, mesh) of `lav2 compile --config ...`: the file, its overrides and the command's flags."""
+    from lav2_jax import aot
     from lav2_jax.cli.main import UserError
+    from lav2_jax.train.step import recipe_streams
 
     try:
         config = aot.load_config(args.config)
@@ -97,19 +114,18 @@ def _train_step(args) -> dict:
             config.model.remat_policy = args.remat
         if args.accum_steps:
             config.optim.accum_steps = args.accum_steps
+        if args.seq is not None:
+            raise ValueError(f"--seq {args.seq} is for --model; with --config set each stream's length with "
+                             "--config.data.<stream>.max_len=N")
+        if args.batch is not None:  # the global batch of every stream the recipe trains on
+            for stream in recipe_streams(config.recipe):
+                config.batch[stream.batch_key] = args.batch
         m = config.mesh
         data, fsdp, tensor = _mesh_sizes(args.mesh) if args.mesh else (m.data, m.fsdp, m.tensor)
         mesh = aot.topology_mesh(args.topology, data, fsdp, tensor)
     except ValueError as e:
         raise UserError(str(e)) from None
-    from lav2_jax.train.step import recipe_streams
-
-    report = aot.compile_report(args.topology, mesh, aot.compile_train_step(config, mesh))
-    batches = {s.batch_key: int(config.batch[s.batch_key]) for s in recipe_streams(config.recipe)}
-    what = f"{config.model.preset} + {config.model.adapter}: train step ({config.recipe}, batch {batches})"
-    out = dict(report.as_dict(), program="train_step", what=what, config=args.config,
-               remat=config.model.remat_policy, accum_steps=int(config.optim.accum_steps))
-    return _with_ratio(out, aot.train_step_analytic(config))
+    return config, mesh
 
 
 def _overridden(path: str, overrides: list[str]):
@@ -136,6 +152,7 @@ def _forward(args) -> dict:
     from lav2_jax.model.factory import build_model
 
     data, fsdp, tensor = _mesh_sizes(args.mesh or "1,-1,1")
+    args.batch, args.seq = args.batch or 8, args.seq or 512
     try:
         config = presets.get_model(args.model)
         config = config.replace(**{k: v for k, v in (("weight_dtype", args.weight_dtype),

@@ -1,4 +1,4 @@
-"""`lav2 generate --ckpt C [--image PATH] --prompt TEXT [--raw] [--expert caption|ocr]`.
+"""`lav2 generate --ckpt C [--image PATH ...] --prompt TEXT [--raw] [--expert caption|ocr]`.
 
 The Alpaca template (DESIGN.md §3) wraps `--prompt` (and `--input`) unless `--raw`. Tokens are streamed to stdout
 as they are produced: a Python loop over one jitted decode step (one host round trip per token), which is what
@@ -7,6 +7,8 @@ lets the text appear token by token; batch runs use the single jitted prefill + 
 `--batch-file prompts.jsonl`: one JSON object per line, `{"prompt": ..., "input": ... (optional), "image": PATH
 (optional, relative to the file's folder)}`; rows are generated `--batch-size` at a time and written as JSON lines
 `{"prompt": ..., "output": ...}` (stdout, or `--output FILE`).
+
+`--image` repeated (mPLUG-Owl): one ``Human: <image>`` line per image, image j at the j-th.
 
 `--expert caption|ocr` (paper §4.4): the expert reads the image and its text becomes the prompt's Input field
 (`lav2_jax.inference.experts`); the model itself still sees the image when it has a vision tower.
@@ -26,7 +28,9 @@ import sys
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with `lav2 chat`."""
     p.add_argument("--ckpt", required=True, help="checkpoint directory (save_pretrained / lav2 convert)")
-    p.add_argument("--image", default=None, help="image file (for models with a vision tower, or an --expert)")
+    p.add_argument("--image", default=None, action="append",
+                   help="image file (for models with a vision tower, or an --expert); repeat it for several images "
+                   "(mPLUG-Owl: one `Human: <image>` line each, in order)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="tokens to generate at most; capped at the context left after the prompt (max_seq_len)")
     p.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, the release's)")
@@ -136,6 +140,26 @@ class _Composer:
             self.bundle.model.adapter, prompt, input_text, image is not None)
         return text, None if image is None else model_pixels(self.bundle, image, where)
 
+    def several(self, prompt: str, input_text, paths: list):
+        """Several images for one prompt: (prompt with one `<image>` per image, pixels [k, H, W, 3])."""
+        import numpy as np
+
+        from lav2_jax import system_templates
+        from lav2_jax.cli.main import UserError
+
+        adapter = self.bundle.model.adapter
+        if self.expert is not None:
+            raise UserError("--expert reads one image; give a single --image")
+        if adapter.splice is None:
+            raise UserError(f"{len(paths)} --image given, but this checkpoint's model takes one image per prompt "
+                            "(several images need a spliced system: mPLUG-Owl)")
+        if not self.raw and adapter.system != "owl":
+            raise UserError(f"{len(paths)} --image given: only mPLUG-Owl's template places several images "
+                            "(or write the <image> markers yourself with --raw)")
+        check_text(prompt, "prompt")
+        text = prompt if self.raw else system_templates.instruction_prompt(adapter, prompt, input_text, len(paths))
+        return text, np.stack([model_pixels(self.bundle, p) for p in paths])
+
 
 def check_text(text: str, what: str, where: str = "") -> None:
     """UserError for an empty prompt, or text with bytes that are not UTF-8 (argv decodes them to surrogates)."""
@@ -216,13 +240,17 @@ def run(args) -> int:
         raise UserError("--max-new-tokens must be >= 0")
     if args.temperature < 0:
         raise UserError("--temperature must be >= 0")
-    if args.image is not None:
-        check_image_path(args.image)
+    paths = [check_image_path(p) for p in args.image or ()]
+    if len(paths) > 1 and args.batch_file:
+        raise UserError("--batch-file rows name their own image; several --image are for one --prompt")
     bundle = load_bundle(args)
     compose = _Composer(bundle, args)
     if args.batch_file:
         return _run_batch(bundle, args, compose)
-    prompt, pixels = compose(args.prompt, args.input, args.image)
+    if len(paths) > 1:
+        prompt, pixels = compose.several(args.prompt, args.input, paths)
+    else:
+        prompt, pixels = compose(args.prompt, args.input, paths[0] if paths else None)
     try:
         for piece in stream_text(bundle, prompt, pixels, **_sampling(args)):
             sys.stdout.write(piece)

@@ -93,7 +93,10 @@ def features(kind: str):
         spec.update(instruction=text, input=text, output=text)
     elif kind == "conversation":
         spec.update(roles=strings, values=strings, system=text, image=encoded,
-                    has_image=tfds.features.Scalar(dtype=np.bool_), image_turn=tfds.features.Scalar(dtype=np.int32))
+                    has_image=tfds.features.Scalar(dtype=np.bool_), image_turn=tfds.features.Scalar(dtype=np.int32),
+                    # mPLUG-Owl multi-image samples: images 2.. (encoded) and the turns they precede; else empty
+                    more_images=tfds.features.Tensor(shape=(None,), dtype=np.object_),
+                    more_image_turns=tfds.features.Tensor(shape=(None,), dtype=np.int32))
     elif kind == "caption":
         spec.update(captions=strings, image=encoded)
     else:
@@ -157,9 +160,17 @@ def _finalize(item: tuple[str, str, dict | sources.Skip]) -> tuple[str, dict | s
         if isinstance(data, sources.Skip):
             return where, data
         rec["image"] = data
+    more = []
+    for ref in rec.pop("_more_images", None) or ():
+        data = load_image(ref, where)
+        if isinstance(data, sources.Skip):
+            return where, data
+        more.append(data)
     if kind == "conversation":
         rec["has_image"] = "image" in rec
         rec.setdefault("image", b"")
+        rec["more_images"] = np.array(more, dtype=object)
+        rec["more_image_turns"] = np.asarray(rec.get("more_image_turns", ()), np.int32).reshape(-1)
     rec["source"] = where
     return where, rec
 

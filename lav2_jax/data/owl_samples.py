@@ -8,6 +8,13 @@ the EOS after each); image tokens, system text, ``Human:`` turns and padding car
 
 Truncation keeps the first `max_len` positions. A sample is dropped (None, the pipeline counts it) when no answer
 token survives (the release would give a NaN loss for it) or when the cut would split an image's tokens.
+Multi-image records (several ``Human: <image>`` lines): image j (`record_images` order) owns the j-th run of
+placeholders; an image whose run the cut removed is not used. Batches (`stack_image_slots`, pipeline
+`max_images` > 1): ``images`` float32 [B, max_images, H, W, 3], sample i's k images in slots 0..k-1 (the model
+splices slot j at the sample's j-th run, `lav2_jax.model.splice`); ``has_image`` bool [B, max_images] marks
+them. The other slots are zeros marked False; no placeholder refers to them, so neither attention nor the loss
+sees them (the encoder still runs on them: static shapes). A sample with more than `max_images` images is dropped
+and counted like a truncation drop; with packing a sample's k images take k consecutive slots of its row.
 
 Images (`preprocess_image`): training = RandomResizedCrop(size, scale 0.5–1, bicubic) + horizontal flip (p 0.5),
 evaluation = a bicubic resize to size × size (no crop); then the CLIP normalisation.
@@ -67,7 +74,15 @@ def record_segments(record: Mapping[str, Any], caption_index: int = 0):
     turns = [(_text(r), _text(v)) for r, v in zip(record["roles"], record["values"])]
     has_image = bool(record.get("has_image", False))
     where = int(record.get("image_turn", 0) if record.get("image_turn") is not None else 0) if has_image else -1
-    return ot.training_segments(turns, where, _text(record.get("system", b"")) or None)
+    more = [int(t) for t in np.asarray(record.get("more_image_turns", ()), np.int64).reshape(-1)] if has_image else []
+    return ot.training_segments(turns, [where, *more], _text(record.get("system", b"")) or None)
+
+
+def record_images(record: Mapping[str, Any]) -> list:
+    """The encoded images of a stored record in placeholder order: `image`, then `more_images` (multi-image)."""
+    if not bool(record.get("has_image", "captions" in record)):
+        return []
+    return [record["image"], *list(record.get("more_images", ()))]
 
 
 def tokenize_record(tok: Tokenizer, record: Mapping[str, Any], caption_index: int, max_len: int,
@@ -91,3 +106,14 @@ def preprocess_image(src, size: int, rng: Optional[np.random.Generator] = None, 
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return images.normalize(np.asarray(img), channel_order)
+
+
+def stack_image_slots(per_sample: Sequence[np.ndarray], max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """[k_i, H, W, 3] per sample (k_i ≤ max_images) → (images [B, max_images, H, W, 3], has_image
+    [B, max_images])."""
+    shape = next(x.shape[1:] for x in per_sample)
+    images = np.zeros((len(per_sample), max_images) + shape, np.float32)
+    has_image = np.zeros((len(per_sample), max_images), np.bool_)
+    for i, x in enumerate(per_sample):
+        images[i, :len(x)], has_image[i, :len(x)] = x, True
+    return images, has_image

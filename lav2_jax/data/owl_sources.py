@@ -2,12 +2,15 @@
 §3.3) → the canonical conversation records of `lav2_jax.data.sources` (``lav2 data build --kind owl``).
 
 ``text`` is the whole conversation in Owl's format: an optional system text, then ``"\\nHuman: ..."`` and
-``"\\nAI: ..."`` turns; a human turn that is just ``<image>`` marks the next human turn as the image's
-(``image_turn``). The record: roles/values alternating human/assistant, the system text (``""`` when it is
-`owl_templates.SYSTEM`, the default), ``_image`` the image path (relative to the image root). ``image`` may be a
-list (the release) or a string; text-only samples have none (``[]``). Limits, counted as skips: more than one image
-per sample (one image slot per sequence here), a count of ``<image>`` lines that differs from the listed images,
-turns that do not alternate, an empty answer, no answer.
+``"\\nAI: ..."`` turns; a human turn that is just ``<image>`` places the next image of the list (in order) before
+the next human turn; a multi-image sample is several such lines (consecutive, or before different turns). The
+record: roles/values alternating human/assistant, the system text (``""`` when it is `owl_templates.SYSTEM`, the
+default), ``_image`` the first image's path (relative to the image root) and ``image_turn`` the turn it precedes;
+the second image on: ``_more_images`` (paths) and ``more_image_turns`` (their turns), empty for one image or none.
+``image`` may be a list (the release) or a string; text-only samples have none (``[]``). Images after the last
+complete human/assistant pair precede no kept turn and are left out. Limits, counted as skips: a count of
+``<image>`` lines that differs from the listed images, an ``<image>`` line just before an ``AI:`` turn, turns that
+do not alternate, an empty answer, no answer.
 """
 
 from __future__ import annotations
@@ -20,21 +23,20 @@ from lav2_jax import owl_templates as ot
 from lav2_jax.data.sources import (R_EMPTY_ANSWER, R_NO_ASSISTANT, R_ORDER, Item, Skip, _records, _SkipSignal,
                                    _string_field)
 
-R_MULTI_IMAGE = "more than one image (one image slot per sequence)"
 R_IMAGE_COUNT = "<image> lines do not match the image list"
+R_IMAGE_PLACE = "an <image> line before an AI turn"
 _TURN = re.compile(r"(?:^|\n)(Human|AI): ?")
 
 
-def parse_owl_text(text: str) -> tuple[str, list[tuple[str, str]], int, int]:
-    """(system, [(role, value)], image_turn, number of `<image>` lines) of one Owl conversation text."""
+def parse_owl_text(text: str) -> tuple[str, list[tuple[str, str]], list[int]]:
+    """(system, [(role, value)], image_turns) of one Owl conversation text: the turn index each `<image>` line
+    precedes, in order (len(turns) for a line after the last turn)."""
     parts = _TURN.split(text)
-    system, turns, image_turn, n_images = parts[0].strip(), [], -1, 0
+    system, turns, image_turns = parts[0].strip(), [], []
     for tag, value in zip(parts[1::2], parts[2::2]):
         value = value.strip()
         if tag == "Human" and value == "<image>":
-            n_images += 1
-            if image_turn < 0:
-                image_turn = len(turns)
+            image_turns.append(len(turns))
             continue
         role = "human" if tag == "Human" else "assistant"
         if role != ("human" if len(turns) % 2 == 0 else "assistant"):
@@ -44,7 +46,7 @@ def parse_owl_text(text: str) -> tuple[str, list[tuple[str, str]], int, int]:
         turns.append((role, value))
     if len(turns) % 2:
         turns = turns[:-1]
-    return system, turns, image_turn, n_images
+    return system, turns, image_turns
 
 
 def _owl(obj: dict, image_root: str) -> dict:
@@ -53,18 +55,20 @@ def _owl(obj: dict, image_root: str) -> dict:
     paths = [image] if isinstance(image, str) else list(image)
     if not all(isinstance(p, str) for p in paths):
         raise _SkipSignal(Skip("image is not a list of paths"))
-    system, turns, image_turn, n_images = parse_owl_text(text)
+    system, turns, image_turns = parse_owl_text(text)
     if not turns:
         raise _SkipSignal(Skip(R_NO_ASSISTANT))
-    if len(paths) > 1 or n_images > 1:
-        raise _SkipSignal(Skip(R_MULTI_IMAGE, f"{max(len(paths), n_images)} images"))
-    if len(paths) != n_images:
-        raise _SkipSignal(Skip(R_IMAGE_COUNT, f"{n_images} <image> line(s), {len(paths)} image(s)"))
+    if len(paths) != len(image_turns):
+        raise _SkipSignal(Skip(R_IMAGE_COUNT, f"{len(image_turns)} <image> line(s), {len(paths)} image(s)"))
+    kept = [(os.path.join(image_root, p), t) for p, t in zip(paths, image_turns) if t < len(turns)]
+    if any(t % 2 for _, t in kept):
+        raise _SkipSignal(Skip(R_IMAGE_PLACE, f"turn {next(t for _, t in kept if t % 2)}"))
     rec: dict[str, Any] = {"roles": [r for r, _ in turns], "values": [v for _, v in turns],
                            "system": "" if system == ot.SYSTEM else system,
-                           "image_turn": image_turn if paths and image_turn < len(turns) else -1}
-    if paths:
-        rec["_image"] = os.path.join(image_root, paths[0])
+                           "image_turn": kept[0][1] if kept else -1,
+                           "_more_images": [p for p, _ in kept[1:]], "more_image_turns": [t for _, t in kept[1:]]}
+    if kept:
+        rec["_image"] = kept[0][0]
     return rec
 
 

@@ -21,7 +21,8 @@ segment (`lav2_jax.model.segments`).
 Spliced streams (LLaVA, mPLUG-Owl: `spliced=True`, the sample's placeholder ids are in its tokens): the model writes
 image k of a row over the row's k-th run of placeholders (`lav2_jax.model.splice`), so the images are packed in
 the order of the row's image-bearing samples: slot j holds the j-th image of the row, `has_image` [B, S] marks the
-filled slots, and text-only samples take no slot. `max_segments` then caps the images per row, not the samples.
+filled slots, and text-only samples take no slot; a multi-image sample (mPLUG-Owl, `images` [k, H, W, 3]) takes k
+consecutive slots. `max_segments` then caps the images per row, not the samples.
 Each segment's visual tokens thus land on its own placeholders, attention stays inside the segment, and every
 sample carries its own targets: its per-token losses equal those of the sample alone in a row.
 
@@ -42,6 +43,11 @@ DROPPED_KEY = "_n_dropped"
 SAMPLES_KEY = "_n_samples"
 
 
+def _n_images(sample: dict[str, Any]) -> int:
+    """Images a sample brings: its stacked `images` [k, H, W, 3] (mPLUG-Owl), else one when `has_image`."""
+    return len(sample["images"]) if "images" in sample else int(bool(sample["has_image"]))
+
+
 class Packer:
     """Fills one batch of `batch_size` rows, first fit; `add` returns False when the sample fits no row."""
 
@@ -58,9 +64,9 @@ class Packer:
     def add(self, sample: dict[str, Any]) -> bool:
         n = len(sample["tokens"])
         for i, row in enumerate(self.rows):
-            taken = sum(bool(e["has_image"]) for e in row) if self.spliced else len(row)  # slots in use
-            wants = bool(sample["has_image"]) or not self.spliced
-            full = self.max_segments is not None and wants and taken >= self.max_segments
+            taken = sum(_n_images(e) for e in row) if self.spliced else len(row)  # slots in use
+            wants = _n_images(sample) if self.spliced else 1
+            full = self.max_segments is not None and wants and taken + wants > self.max_segments
             if not full and self.used[i] + n <= self.max_len:
                 row.append(sample)
                 self.used[i] += n
@@ -90,9 +96,10 @@ class Packer:
                 out["segment_ids"][i, span] = s + 1
                 out["positions"][i, span] = np.arange(n)
                 if self.with_images and self.spliced:  # slot j: the row's j-th image (its j-th placeholder run)
-                    if e["has_image"]:
-                        out["images"][i, slot], out["has_image"][i, slot] = e["image"], True
-                        slot += 1
+                    k = _n_images(e)
+                    out["images"][i, slot:slot + k] = e["images"] if "images" in e else e["image"][None]
+                    out["has_image"][i, slot:slot + k] = True
+                    slot += k
                 elif self.with_images:
                     out["images"][i, s] = e["image"]
                     out["has_image"][i, s] = e["has_image"]

@@ -27,7 +27,9 @@ LLaVA (`PipelineConfig.template` set, `lav2_jax.data.llava_samples`): a conversa
 buckets count them: the sequence grows by the image's token count), never in the loss; ``has_image`` says whether
 the row holds placeholders; images are the CLIP preprocessing without augmentation, `square` or `pad`.
 mPLUG-Owl (`template="owl"`, `lav2_jax.data.owl_samples`): the same contract with Owl's template, its Q + 1
-placeholder ids per image and its image processing (training crop + flip, evaluation resize).
+placeholder ids per image and its image processing (training crop + flip unless `augment=False`, evaluation
+resize). Several images per sample (`max_images` > 1): ``images`` [B, max_images, H, W, 3] and ``has_image``
+[B, max_images], the slots of `lav2_jax.data.owl_samples.stack_image_slots`.
 
 Order of operations (grain dataset API)::
 
@@ -103,6 +105,9 @@ class PipelineConfig:
     image_token_id: int = 32000
     image_aspect: str = "square"
     augment: bool = True
+    # mPLUG-Owl: images one sample may hold (several `Human: <image>` lines); > 1 gives unpacked batches image slots
+    # `images` [B, max_images, H, W, 3] + `has_image` [B, max_images]; a sample with more is dropped and counted.
+    max_images: int = 1
     # LLaVA-1.5 stage 2: each global batch (batch_size × shard_count) all-image or all-text, spread over the
     # processes by length (`lav2_jax.data.modality_groups`); replaces the plain shuffle and the shard cut.
     group_by_modality_length: bool = False
@@ -141,7 +146,10 @@ class _Encode(grain.transforms.RandomMap):
 
             out = owl_samples.tokenize_record(self.tok, record, pick, cfg.max_len, cfg.image_tokens,
                                               cfg.image_token_id)
-            has_image = out is not None and bool((out.tokens == cfg.image_token_id).any())
+            n_images = 0 if out is None else int((out.tokens == cfg.image_token_id).sum()) // cfg.image_tokens
+            if n_images > cfg.max_images:  # more images than the batch has slots for: dropped, counted
+                return {"dropped": True}
+            has_image = n_images > 0
         elif cfg.template:
             out = llava_samples.tokenize_record(self.tok, record, cfg.template, pick, cfg.max_len, cfg.image_tokens,
                                                 cfg.image_token_id)
@@ -156,11 +164,14 @@ class _Encode(grain.transforms.RandomMap):
             size = cfg.image_size
             if has_image:
                 name = f"{record['source'].decode()}: image" if isinstance(record.get("source"), bytes) else None
-                if cfg.template == "owl":
+                if cfg.template == "owl":  # image j fills the j-th placeholder run; stacked [k, H, W, 3]
                     from lav2_jax.data import owl_samples
 
-                    sample["image"] = owl_samples.preprocess_image(record["image"], size, rng if cfg.train else None,
-                                                                   cfg.channel_order, name=name)
+                    augment = rng if cfg.train and cfg.augment else None  # the release's crop + flip
+                    sample["images"] = np.stack([
+                        owl_samples.preprocess_image(src, size, augment, cfg.channel_order, name=name)
+                        for src in owl_samples.record_images(record)[:n_images]])
+                    sample["image"] = sample["images"][0]
                 elif cfg.template:
                     sample["image"] = llava_samples.preprocess_image(record["image"], size, cfg.image_aspect,
                                                                      cfg.channel_order, name=name)
@@ -170,6 +181,8 @@ class _Encode(grain.transforms.RandomMap):
                     sample["image"] = images.preprocess(record["image"], size, cfg.channel_order, name=name)
             else:
                 sample["image"] = np.zeros((size, size, 3), np.float32)
+                if cfg.template == "owl":
+                    sample["images"] = np.zeros((0, size, size, 3), np.float32)
         return sample
 
 
@@ -215,8 +228,8 @@ class _DropCounting(grain.IterDataset):
 class _PadToBucket:
     """Batch function: pad every sample to the smallest bucket ≥ the longest one, stack (see the contract)."""
 
-    def __init__(self, buckets: Sequence[int], with_images: bool):
-        self.buckets, self.with_images = tuple(buckets), with_images
+    def __init__(self, buckets: Sequence[int], with_images: bool, max_images: int = 1):
+        self.buckets, self.with_images, self.max_images = tuple(buckets), with_images, max_images
 
     def __call__(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
         longest = max(len(e["tokens"]) for e in elements)
@@ -231,9 +244,14 @@ class _PadToBucket:
             batch["tokens"][i, :n] = e["tokens"]
             batch["targets"][i, :n] = e["targets"]
             batch["loss_mask"][i, :n] = e["loss_mask"]
-        if self.with_images:
-            batch["images"] = np.stack([e["image"] for e in elements]).astype(np.float32, copy=False)
-        batch["has_image"] = np.asarray([e["has_image"] for e in elements], np.bool_)
+        if self.with_images and self.max_images > 1:  # mPLUG-Owl's image slots
+            from lav2_jax.data.owl_samples import stack_image_slots
+
+            batch["images"], batch["has_image"] = stack_image_slots([e["images"] for e in elements], self.max_images)
+        else:
+            if self.with_images:
+                batch["images"] = np.stack([e["image"] for e in elements]).astype(np.float32, copy=False)
+            batch["has_image"] = np.asarray([e["has_image"] for e in elements], np.bool_)
         batch[DROPPED_KEY] = np.int64(sum(e[DROPPED_KEY] for e in elements))
         return batch
 
@@ -280,6 +298,12 @@ class Pipeline:
         ds = ds.random_map(_Encode(tokenizer, config, self.with_images), seed=config.seed)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                   prefetch_buffer_size=config.read_buffer))
+        if config.max_images < 1 or (config.max_images > 1 and config.template != "owl"):
+            raise ValueError(f"max_images={config.max_images}: several images per sample are mPLUG-Owl's "
+                             "(template='owl')")
+        if config.packing and self.with_images and config.max_segments < config.max_images:
+            raise ValueError(f"packing: max_segments {config.max_segments} (images per row) < max_images "
+                             f"{config.max_images} (images per sample)")
         if config.packing:
             from lav2_jax.data.packing import PackedBatches
 
@@ -288,7 +312,8 @@ class Pipeline:
                                config.drop_remainder, spliced=bool(config.template))
         else:
             it = _DropCounting(it, per_shard).batch(config.batch_size, drop_remainder=config.drop_remainder,
-                                                    batch_fn=_PadToBucket(config.resolved_buckets(), self.with_images))
+                                                    batch_fn=_PadToBucket(config.resolved_buckets(), self.with_images,
+                                                                          config.max_images))
         if config.worker_count > 0:
             from absl import flags
 
@@ -316,7 +341,8 @@ class Pipeline:
 class PipelineIterator:
     """Iterator of contract batches with a checkpointable state (`get_state` / `set_state`).
 
-    `dropped` counts samples dropped by truncation. A drop is counted when the next kept sample is emitted;
+    `dropped` counts samples dropped by truncation (and mPLUG-Owl samples with more than `max_images` images).
+    A drop is counted when the next kept sample is emitted;
     at the end of a finite pipeline without `drop_remainder` the count is made exact (records − rows emitted).
     With `drop_remainder=True`, drops after the last emitted sample of a finite pipeline are not counted.
     """

@@ -40,6 +40,7 @@ class Sizes:
     caption_images: int = 1500
     question_images: int = 1500
     text_repeats: int = 12      # each text-only item this many times in the instruction data
+    prior_text_repeats: int = 60  # ... and this many times in the language prior's documents
     heldout_repeats: int = 1    # every attribute combination this many times in the held-out split
 
 
@@ -117,7 +118,8 @@ def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
       and the caption prompt with the description as its input → the caption. Here each attribute word is
       predictable from the context, so the language model learns distinct values and to read them from its
       context — what a pretrained LLaMA brings, and what the visual prompts later supply instead of the words;
-    - the text-only instructions, `text_repeats` times each."""
+    - the text-only instructions, `prior_text_repeats` times each (a sixth of the full run's documents; with
+      fewer, a prior of a few hundred steps answers the knowledge items but few counting or opposites ones)."""
     cap_scenes, q_scenes = scene_sets(sizes, seed)
     out = [templates.render(templates.caption_segments(s.caption())) for s in cap_scenes]
     for s in cap_scenes:
@@ -127,7 +129,7 @@ def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
         for _, q, a in sc.questions(s):
             out.append(_chat(q, a))
             out.append(_chat(f"{s.caption()}. {q}", a))
-    for _ in range(sizes.text_repeats):
+    for _ in range(sizes.prior_text_repeats):
         for t in sc.text_items():
             out.append(_chat(t.question, t.answer))
     return out

@@ -18,6 +18,13 @@
   <workdir>/base/    prior LLaMA + trained CLIP + the paper adapter at its identity init: what `lav2 train`
                      freezes (`config.model.base_checkpoint`); the adapters trained later start from here
 
+Initialisation (`fan_in_init`, `PriorSettings.init="fan-in"`): every LLaMA, CLIP and connector kernel is drawn
+from N(0, 1/fan_in) instead of the library's N(0, 0.02) (LLaMA's std, sized for dim 4096). At the tiny preset's
+width 0.02 is ~6x too small: a circuit that copies a word from the context (value, output and head kernels) starts
+near zero and grows slowly, so a prior of a few hundred steps read count and position but no colour or shape, the
+contrastive tower named shapes less well, and the connector learned colour only late. The connector's kernels
+are re-drawn the same way; its gates stay zero, so `base/` is still the identity adapter.
+
 Both are cached: `base/config.json` records the stage settings (`meta.demo_prior`), and a rerun with the same
 settings skips the stages.
 """
@@ -44,7 +51,7 @@ TINY_ADAPTER = "paper"
 
 @dataclasses.dataclass(frozen=True)
 class PriorSettings:
-    lm_steps: int = 400
+    lm_steps: int = 250
     lm_batch: int = 32
     lm_lr: float = 5e-3
     clip_steps: int = 400
@@ -52,6 +59,7 @@ class PriorSettings:
     clip_lr: float = 5e-3
     seq_len: int = 64
     seed: int = 0
+    init: str = "fan-in"  # kernels N(0, 1/fan_in) ("fan-in") or the library's N(0, 0.02) ("default")
 
 
 def demo_model(vocab_size: int):
@@ -61,6 +69,34 @@ def demo_model(vocab_size: int):
     config = presets.get_model("tiny").replace(vocab_size=vocab_size)
     vision = presets.get_vision("tiny")
     return build_model(config, presets.tiny_adapter(TINY_ADAPTER, config, vision), vision)
+
+
+def fan_in_init(tree: dict, key) -> dict:
+    """`tree` with every `kernel` leaf re-drawn from N(0, 1/fan_in): fan_in = the product of all but the last axis
+    for a conv kernel [P, P, C, D], else the second-to-last axis (dense [in, out], stacked [L, in, out])."""
+    flat = traverse_util.flatten_dict(tree)
+    for i, (k, v) in enumerate(sorted(flat.items())):
+        if k[-1] == "kernel":
+            fan_in = int(np.prod(v.shape[:-1])) if v.ndim == 4 else v.shape[-2]
+            flat[k] = (jax.random.normal(jax.random.fold_in(key, i), v.shape, jnp.float32)
+                       / np.sqrt(fan_in)).astype(v.dtype)
+    return traverse_util.unflatten_dict(flat)
+
+
+def initial_params(model, s: PriorSettings) -> dict:
+    """The demo model's starting parameters: the library init, then (`s.init == "fan-in"`) `fan_in_init` on the
+    LLaMA layers and head, the CLIP tower and the connector (embeddings and norms keep the library init)."""
+    from lav2_jax.model.factory import init_params
+
+    params = init_params(model, jax.random.PRNGKey(s.seed))
+    if s.init == "fan-in":
+        key = jax.random.PRNGKey(s.seed + 1)
+        params = dict(params)
+        for i, name in enumerate(("layers", "output", "clip", "connector")):
+            params[name] = fan_in_init(params[name], jax.random.fold_in(key, i))
+    elif s.init != "default":
+        raise ValueError(f"PriorSettings.init={s.init!r}: expected 'fan-in' or 'default'")
+    return params
 
 
 def _pack(tok, texts: list[str], seq_len: int, seed) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +226,6 @@ def build_base(paths, texts: list[str], train_scenes: list[sc.Scene], s: PriorSe
 
     from lav2_jax.checkpoint import read_config, save_pretrained
     from lav2_jax.data.tokenizer import load_tokenizer
-    from lav2_jax.model.factory import init_params
 
     base_dir, prior_dir = os.path.join(paths.workdir, "base"), os.path.join(paths.workdir, "prior")
     tok = load_tokenizer(paths.tokenizer)
@@ -204,7 +239,7 @@ def build_base(paths, texts: list[str], train_scenes: list[sc.Scene], s: PriorSe
             return dict(meta["report"], cached=True)
     t0 = time.time()
     model = demo_model(tok.vocab_size)
-    params = init_params(model, jax.random.PRNGKey(s.seed))
+    params = initial_params(model, s)
     params = train_language_prior(model, params, tok, texts, s, log)
     with open(paths.heldout, encoding="utf-8") as f:
         heldout = [sc.Scene(**{k: v for k, v in d.items() if k != "image"}) for d in json.load(f)["scenes"]]

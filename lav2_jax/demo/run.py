@@ -28,10 +28,10 @@ from lav2_jax.demo import report as report_lib
 
 MODES = {
     "full": (data_lib.Sizes(), priors_lib.PriorSettings()),
-    "quick": (data_lib.Sizes(caption_images=400, question_images=400, text_repeats=6),
+    "quick": (data_lib.Sizes(caption_images=400, question_images=400, text_repeats=6, prior_text_repeats=16),
               priors_lib.PriorSettings(lm_steps=160)),
 }
-QUICK_TRAIN_STEPS = 60
+QUICK_TRAIN_STEPS = 80
 GRID = 12
 
 

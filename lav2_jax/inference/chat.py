@@ -10,7 +10,8 @@ Context: the rendered prompt plus `max_new_tokens` must fit the model's `max_seq
 oldest (human, assistant) pairs are dropped, one pair at a time, and `on_notice` is called with a one-line notice;
 the newest human message is never dropped (if it alone does not fit, `PromptTooLong`). With too little room left
 for `max_new_tokens`, the reply is cut at the context (as `generate` does).
-With an image, every turn's prompt is generated with that image.
+With an image, every turn's prompt is generated with that image; a stack [k, H, W, 3] (mPLUG-Owl) gives the first
+human turn k `Human: <image>` lines.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ChatSession:
 
     def _render(self, turns) -> str:
         """The prompt of `turns` in the bundle's system format (`lav2_jax.system_templates`)."""
-        return system_templates.chat_prompt(self.bundle.model.adapter, turns, self.system, self.image is not None)
+        images = 0 if self.image is None else len(self.image) if getattr(self.image, "ndim", 3) == 4 else 1
+        return system_templates.chat_prompt(self.bundle.model.adapter, turns, self.system, images)
 
     def _length(self, turns) -> int:
         return len(encode_prompts(self.bundle.tokenizer, [self._render(turns)])[0])

@@ -66,8 +66,8 @@ class _Batch:
     tokens: np.ndarray  # [B, T] int32
     lengths: np.ndarray  # [B] int32
     budgets: np.ndarray  # [B] int32
-    images: Optional[np.ndarray]  # [B, H, W, 3] float32
-    has_image: Optional[np.ndarray]  # [B] bool
+    images: Optional[np.ndarray]  # [B, H, W, 3] float32 (several per prompt: [B, N, H, W, 3])
+    has_image: Optional[np.ndarray]  # [B] bool ([B, N])
     new_len: int
     cache_len: int
 
@@ -86,17 +86,23 @@ def check_context(ids: Sequence[Sequence[int]], max_seq_len: int) -> None:
 
 
 def _stack_images(model, images, n: int, B: int):
-    """None | array [n, H, W, 3] | list of [H, W, 3] arrays or None → (images [B, H, W, 3], has_image [B])."""
+    """None | array [n, H, W, 3] | list of [H, W, 3] arrays or None → (images [B, H, W, 3], has_image [B]).
+
+    Several images per prompt (spliced systems: one `<image>` each, in order): a row may be a stack [k, H, W, 3]
+    (or the array [n, k, H, W, 3]); then (images [B, N, H, W, 3], has_image [B, N]) with N = the most images of a
+    row, row i's images in slots 0..k-1 and the other slots zero (no placeholder refers to them)."""
     if images is None or (isinstance(images, (list, tuple)) and all(im is None for im in images)):
         return None, None
     if model.vision is None:
         raise ImageNotSupported("an image was given, but this model has no vision tower (it is text-only)")
     size = model.vision.image_size
-    out = np.zeros((B, size, size, 3), np.float32)
-    has = np.zeros((B,), bool)
     rows = list(images) if isinstance(images, (list, tuple)) else list(np.asarray(images, np.float32))
     if len(rows) != n:
         raise ValueError(f"{len(rows)} images for {n} prompts")
+    if any(im is not None and np.ndim(im) == 4 for im in rows):
+        return _stack_image_slots(model, rows, B, size)
+    out = np.zeros((B, size, size, 3), np.float32)
+    has = np.zeros((B,), bool)
     for i, im in enumerate(rows):
         if im is None:
             continue
@@ -105,6 +111,23 @@ def _stack_images(model, images, n: int, B: int):
             raise ValueError(f"image {i} has shape {im.shape}; this model takes preprocessed [{size}, {size}, 3] "
                              "images (lav2_jax.data.images.preprocess)")
         out[i], has[i] = im, True
+    return out, has
+
+
+def _stack_image_slots(model, rows, B: int, size: int):
+    """Rows of None / [H, W, 3] / [k, H, W, 3] → (images [B, N, H, W, 3], has_image [B, N]) (`_stack_images`)."""
+    if model.adapter.splice is None:
+        raise ImageNotSupported("several images per prompt need a spliced system (mPLUG-Owl, LLaVA); this model "
+                                "takes one image per prompt")
+    stacks = [np.zeros((0, size, size, 3), np.float32) if im is None else np.asarray(im, np.float32) for im in rows]
+    stacks = [x[None] if x.ndim == 3 else x for x in stacks]
+    N = max(len(x) for x in stacks)
+    out, has = np.zeros((B, N, size, size, 3), np.float32), np.zeros((B, N), bool)
+    for i, x in enumerate(stacks):
+        if x.shape[1:] != (size, size, 3):
+            raise ValueError(f"image {i} has shape {x.shape[1:]}; this model takes preprocessed [{size}, {size}, 3] "
+                             "images (lav2_jax.data.images.preprocess)")
+        out[i, :len(x)], has[i, :len(x)] = x, True
     return out, has
 
 
@@ -132,7 +155,8 @@ def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_token
     if splice is not None:  # LLaVA / mPLUG-Owl: one `<image>` (n_tokens placeholder ids) per given image
         from lav2_jax.model.splice import check_placeholders
         try:
-            check_placeholders(tokens[:n], splice.image_token_id, splice.n_tokens, 0 if has is None else has[:n])
+            check_placeholders(tokens[:n], splice.image_token_id, splice.n_tokens,
+                               0 if has is None else has[:n] if has.ndim == 1 else has[:n].sum(axis=1))
         except ValueError as e:
             raise ImagePlaceholderMismatch(str(e)) from None
     return _Batch(n, tokens, lengths, budgets, imgs, has, new_len, cache_len)
@@ -247,7 +271,8 @@ def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: 
 
     prompts: list of final strings (or one string); images: None, a float array [B, H, W, 3] of preprocessed
     images, or a list with an [H, W, 3] array or None per prompt. Spliced systems (LLaVA, mPLUG-Owl) take the
-    image where the prompt says `<image>` (one per image; the bundle's tokenizer expands it). Returns `Generated(texts, token_ids)`.
+    image where the prompt says `<image>` (one per image; the bundle's tokenizer expands it); a prompt with
+    several `<image>` takes a [k, H, W, 3] stack, image j at the j-th `<image>`. Returns `Generated(texts, token_ids)`.
     Raises PromptTooLong / ImageNotSupported (ValueErrors) for inputs the model cannot take.
     """
     if isinstance(prompts, str):

@@ -6,8 +6,9 @@
              gives `path` and `max_len`; each process reads its 1/process_count shard with a per-process batch of
              global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction). LLaVA
              models add `data.template` and `data.image_aspect` (square | pad); the image token count and id come
-             from the model's splice config; `data.group_by_modality_length` (LLaVA-1.5 stage 2) makes every
-             global batch all-image or all-text (`lav2_jax.data.modality_groups`).
+             from the model's splice config; mPLUG-Owl adds `data.augment` (the release's training crop + flip,
+             default on) and `data.max_images` (images per sample, default 1); `data.group_by_modality_length`
+             (LLaVA-1.5 stage 2) makes every global batch all-image or all-text (`lav2_jax.data.modality_groups`).
 """
 
 from __future__ import annotations
@@ -88,13 +89,17 @@ def pipeline(config, setup):
 
 
 def _spliced_options(d, splice) -> dict:
-    """PipelineConfig fields of a spliced model (LLaVA): its template, image token count and id, no augmentation."""
+    """PipelineConfig fields of a spliced model: its template, image token count and id, augmentation (LLaVA:
+    none; mPLUG-Owl: `data.augment`, default on = the release's crop + flip) and `data.max_images` (images per
+    sample, default 1)."""
     if splice is None:
         return {}
     if not d.get("template"):
         raise ValueError("a LLaVA model needs config.data.template (plain, vicuna_v1, llava_v1 or v0)")
+    augment = bool(d.get("augment", True)) if splice.system == "owl" else False
     return dict(template=d.template, image_tokens=splice.n_tokens, image_token_id=splice.image_token_id,
-                image_aspect=d.get("image_aspect", "square"), augment=False)
+                image_aspect=d.get("image_aspect", "square"), augment=augment,
+                max_images=int(d.get("max_images", 1)))
 
 
 def channel_order(config) -> str:

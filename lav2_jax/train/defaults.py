@@ -6,6 +6,8 @@ Fields:
   model.remat_policy, weight_dtype, dtype   overrides ('' = the preset's)
   model.attention                    xla | flash (Pallas TPU splash kernel) | blocked (causal query blocks, CPU
                                      training); '' = the preset's, xla
+  model.scan_layers                  True | False: layers as one `nn.scan` (stacked) or a Python loop; unset = the
+                                     preset's (True). False needs a random base (no base_checkpoint)
   model.seed, model.output_scale     random base only (see `lav2_jax.train.state`)
   param_recipe                       column of the group table (`lav2_jax.param_groups.RECIPES`)
   recipe                             joint | pretrain | finetune | full (`lav2_jax.train.step.RECIPES`)
@@ -30,6 +32,7 @@ Fields:
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def group(base_lr: float, weight_decay: float, warmup_steps: int = 0, scale_lr_by_batch: bool = True
@@ -43,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(dict(
         preset="llama1-7b", adapter="paper", vision="vit-l-14", tiny_adapter=False, base_checkpoint="",
-        remat_policy="", weight_dtype="", dtype="", attention="", seed=0, output_scale=1.0))
+        remat_policy="", weight_dtype="", dtype="", attention="", scan_layers=config_dict.placeholder(bool), seed=0,
+        output_scale=1.0))
     c.param_recipe = "paper-joint"
     c.recipe = "joint"
     c.total_steps = 1000

@@ -63,7 +63,8 @@ def owl_configs(mc, model: ModelConfig) -> tuple[AdapterConfig, VisionConfig]:
 def add_owl_fields(c, *, lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropout: float = 0.0,
                    lora_targets: tuple = ("wq", "wv"), num_queries: int = 64, layers: int = 6, heads: int = 16,
                    mlp_dim: int = 2816, dropout: float = 0.1, image_token_id: int = -1, vision_checkpoint: str = ""):
-    """Adds the Owl fields above (and `data.template = "owl"`, square resize, no packing) to a `base_config()`."""
+    """Adds the Owl fields above (and `data.template = "owl"`, square resize, no packing, the release's training
+    augmentation `data.augment`, one image per sample `data.max_images`) to a `base_config()`."""
     import ml_collections
 
     c.model.system = "owl"
@@ -76,4 +77,6 @@ def add_owl_fields(c, *, lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropo
     c.data.template = "owl"
     c.data.image_aspect = "square"
     c.data.packing = False  # one sample per row (right padding), as the release trains
+    c.data.augment = True  # RandomResizedCrop(scale 0.5–1) + horizontal flip (`owl_samples.preprocess_image`)
+    c.data.max_images = 1  # image slots per sample (several `Human: <image>` lines need more)
     return c

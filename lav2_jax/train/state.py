@@ -54,7 +54,8 @@ def _override(cfg, **kw):
 def model_configs(mc) -> tuple:
     """(ModelConfig, AdapterConfig, VisionConfig | None) from `config.model` (preset names + overrides)."""
     config = _override(presets.get_model(mc.preset), remat_policy=mc.get("remat_policy"),
-                       weight_dtype=mc.get("weight_dtype"), dtype=mc.get("dtype"), attention=mc.get("attention"))
+                       weight_dtype=mc.get("weight_dtype"), dtype=mc.get("dtype"), attention=mc.get("attention"),
+                       scan_layers=mc.get("scan_layers"))
     if llava_config.is_llava(mc):  # a spliced system: adapter and vision from `config.model.splice/lora`
         adapter, vision = llava_config.llava_configs(mc, config)
         return config, adapter, vision
@@ -114,6 +115,8 @@ def model_from_config(mc):
     if mc.get("base_checkpoint"):
         from lav2_jax.checkpoint import read_config
 
+        if mc.get("scan_layers") is False:  # checkpoints hold stacked layers; restore_params reads that layout
+            raise ValueError("model.scan_layers=False needs a random base: a base_checkpoint is restored stacked")
         base = read_config(mc.base_checkpoint)
         config = _override(base.model, remat_policy=mc.get("remat_policy"), weight_dtype=mc.get("weight_dtype"),
                            dtype=mc.get("dtype"))
