@@ -120,15 +120,15 @@ def _stack_image_slots(model, rows, B: int, size: int):
         raise ImageNotSupported("several images per prompt need a spliced system (mPLUG-Owl, LLaVA); this model "
                                 "takes one image per prompt")
     stacks = [np.zeros((0, size, size, 3), np.float32) if im is None else np.asarray(im, np.float32) for im in rows]
+    from lav2_jax.data.owl_samples import stack_image_slots
+
     stacks = [x[None] if x.ndim == 3 else x for x in stacks]
-    N = max(len(x) for x in stacks)
-    out, has = np.zeros((B, N, size, size, 3), np.float32), np.zeros((B, N), bool)
     for i, x in enumerate(stacks):
         if x.shape[1:] != (size, size, 3):
             raise ValueError(f"image {i} has shape {x.shape[1:]}; this model takes preprocessed [{size}, {size}, 3] "
                              "images (lav2_jax.data.images.preprocess)")
-        out[i, :len(x)], has[i, :len(x)] = x, True
-    return out, has
+    padding_rows = [np.zeros((0, size, size, 3), np.float32)] * (B - len(stacks))
+    return stack_image_slots(stacks + padding_rows, max(len(x) for x in stacks))
 
 
 def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_tokens: int = 256,
