@@ -223,7 +223,8 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['row']} | {r['variant']} | {r['topology']} | {mesh} | {r['batch']}{fit} | "
                      f"{r.get('accum', 1)} | {r['remat']} | "
                      f"{r['peak_gib_per_chip']:.2f} | {100 * r['hbm_fraction']:.0f}% | {r['flop_ratio']:.3f}"
-                     f"{' (Pallas attention not counted)' if r.get('pallas_calls') else ''} | "
+                     f"{' (Pallas attention not counted)' if r.get('pallas_calls') else ''}"
+                     f"{f' ({g} loops counted by their bound)' if (g := r.get('guessed_loops')) else ''} | "
                      f"{r['compile_s']} |")
     predicted = [f"- {r['row']} {r['variant']} at batch {b}: {gib:.2f} GiB/chip predicted"
                  f"{' (no compile started after the --until time)' if r.get('late') else ''}"

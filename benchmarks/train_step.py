@@ -1,8 +1,8 @@
 """Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (DESIGN.md §7).
 
     .venv/bin/python benchmarks/train_step.py [--configs s,m] [--iters 5] [--warmup 2]
-        [--streams equal,equal-finetune,alpaca] [--layout unrolled|scan] [--vocab-chunk 0] [--cpu-devices 1]
-        [--xla-flags '...']
+        [--streams equal,equal-finetune,alpaca,alpaca-prompt] [--layout unrolled|scan] [--vocab-chunk 0]
+        [--position-chunk 32] [--cpu-devices 1] [--xla-flags '...']
 
 litgpt is not a dependency: without it the lav2_jax rows still run and a line prints the install command
 (`LITGPT_INSTALL`: `--no-deps`, because its resolver would downgrade huggingface_hub).
@@ -18,7 +18,15 @@ and scales, lav2_jax `release-finetune`, litgpt its norms + `adapter_bias` + `ad
                   Each implementation batches it its default way, one new batch per step: lav2_jax packs 4 rows of
                   512 (`lav2_jax.data.packing.Packer`, first fit), litgpt pads 4 samples to their longest, and
                   "pad-512" is our own step under the release's policy (every sample padded to 512).
-Real tokens/s counts non-padding tokens only: the median over timed steps of (real tokens ÷ step time).
+  alpaca-prompt   the same samples (same lengths, same tokens), each now an instruction prompt without loss followed
+                  by a response with loss, like the release's instruction data (DESIGN.md §3: loss on the response
+                  and EOS only): the first round(0.4·L) tokens of a sample of L tokens are its prompt (at least one
+                  response token). 40 % is a stated assumption, not a fit: the lengths above stand for whole Alpaca
+                  samples (instruction + input + response), whose instruction and input make up roughly 40 % of the
+                  tokens. litgpt gets the same samples with its ignore index -100 on every prompt target (and on
+                  its padding); lav2_jax the same loss mask. Batched as in `alpaca`.
+Real tokens/s counts non-padding tokens only: the median over timed steps of (real tokens ÷ step time); the loss
+tokens/s column counts the tokens with a loss the same way (all real tokens except in `alpaca-prompt`).
 
 Configurations (DESIGN.md §7): S = `bench-s`, M = `bench-m` (~1.1B), float32, release-like adapter (bias on wq wo w1
 w2 w3, trainable norms, 10 prompt tokens in the last n_layers-1 layers, tanh gates; no vision).
@@ -26,7 +34,9 @@ lav2_jax runs its CPU settings by default: layers unrolled over unstacked weight
 `--layout scan` is the TPU layout), attention in causal query blocks (`ModelConfig.attention="blocked"`: the score
 blocks above the diagonal are never computed; `--attention xla` is the full T × T path) and the loss over
 whole-vocabulary logits (`loss.vocab_chunk=0`: no recompute of the head in the backward pass; the chunked loss is
-for accelerator memory).
+for accelerator memory), with the head run only on chunks of 32 positions per row that hold a loss position
+(`loss.position_chunk=32`, `--position-chunk`; 0 = the head at every position; the pad-512 row uses the same
+setting, so it skips its padding too — a faster stand-in for the release than the release itself).
 Peer: litgpt 0.5.13 `adapter_v2` GPT with the same sizes (LLaMA MLP, RMSNorm, no linear biases, full RoPE,
 prompts from layer 1), AdamW; its adapter kv-cache is cleared before every step (litgpt issue #1287). litgpt's
 adapter has a bias+scale on *every* linear (incl. wk, wv and the head), so its trainable set is a little larger;
@@ -34,7 +44,7 @@ the table lists both counts.
 
 Each measurement runs in its own subprocess (so peak RSS is that framework's alone): `--iters` timed steps after
 `--warmup` untimed ones (the first includes compilation). MFU = real tokens/s × (4·N_matmul + 12·L·T·d) / peak,
-T the row length, peak the best n×n×n float32 matmul rate measured by the same run (JAX and torch, n = 2048, best
+T the row length (the head counted at every real token), peak the best n×n×n float32 matmul rate measured by the same run (JAX and torch, n = 2048, best
 of several tries) or `--peak-gflops`; so padding counts as waste. On a loaded machine the measured peak is low and
 MFU reads high: pass the quiet machine's peak. The load column is the 1-minute load average when the row finished.
 """
@@ -67,6 +77,9 @@ RUNS = {
     "alpaca": (("jax", "packed", "all", "lav2_jax packed"),
                ("jax", "pad512", "all", "lav2_jax pad-512 (release policy)"),
                ("litgpt", "longest", "all", "litgpt adapter_v2 pad-to-longest")),
+    "alpaca-prompt": (("jax", "packed-prompt", "all", "lav2_jax packed"),
+                      ("jax", "pad512-prompt", "all", "lav2_jax pad-512 (release policy)"),
+                      ("litgpt", "longest-prompt", "all", "litgpt adapter_v2 pad-to-longest")),
 }
 
 
@@ -81,6 +94,7 @@ def model_config(name: str):
 
 
 ALPACA_MEDIAN, ALPACA_SIGMA, ALPACA_MIN, ALPACA_MAX = 128, 0.6, 24, 512
+PROMPT_FRACTION = 0.4  # `alpaca-prompt`: the share of a sample's tokens that are its prompt (no loss)
 
 
 def alpaca_lengths(n: int, seed: int = 0) -> list[int]:
@@ -92,11 +106,12 @@ def alpaca_lengths(n: int, seed: int = 0) -> list[int]:
     return [int(v) for v in np.clip(np.round(x), ALPACA_MIN, ALPACA_MAX)]
 
 
-def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int]]:
-    """`n` (numpy batch, real tokens) pairs for `mode`: equal (4 × 256, the same batch each time); on the Alpaca-like
-    stream consecutive batches of it: packed (4 rows × 512, first fit in stream order, the batch closes at the
-    first sample that does not fit, like the pipeline), pad512 (4 samples × 512, the release), longest (4 samples
-    padded to their longest, litgpt's default)."""
+def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int, int]]:
+    """`n` (numpy batch, real tokens, loss tokens) triples for `mode`: equal (4 × 256, the same batch each time);
+    on the Alpaca-like stream consecutive batches of it: packed (4 rows × 512, first fit in stream order, the
+    batch closes at the first sample that does not fit, like the pipeline), pad512 (4 samples × 512, the release),
+    longest (4 samples padded to their longest, litgpt's default); `-prompt` modes: the same samples with their
+    first `PROMPT_FRACTION` of tokens as a prompt without loss (`alpaca-prompt`)."""
     import numpy as np
 
     from lav2_jax.data.packing import DROPPED_KEY, Packer
@@ -105,13 +120,16 @@ def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int]]:
         rng = np.random.default_rng(0)
         t = rng.integers(3, vocab, (BATCH, SEQ + 1)).astype(np.int32)
         b = {"tokens": t[:, :-1], "targets": t[:, 1:], "loss_mask": np.ones((BATCH, SEQ), np.float32)}
-        return [(b, BATCH * SEQ)] * n
+        return [(b, BATCH * SEQ, BATCH * SEQ)] * n
+    mode, prompted = mode.removesuffix("-prompt"), mode.endswith("-prompt")
     rng = np.random.default_rng(1)
     samples = []
     for length in alpaca_lengths(40 * n + 64):
         t = rng.integers(3, vocab, length + 1).astype(np.int32)
-        samples.append({"tokens": t[:-1], "targets": t[1:], "loss_mask": np.ones(length, np.float32),
-                        "has_image": False, DROPPED_KEY: 0})
+        mask = np.ones(length, np.float32)
+        if prompted:
+            mask[:min(int(round(PROMPT_FRACTION * length)), length - 1)] = 0.0
+        samples.append({"tokens": t[:-1], "targets": t[1:], "loss_mask": mask, "has_image": False, DROPPED_KEY: 0})
     out = []
     it = iter(samples)
     if mode == "packed":
@@ -122,7 +140,7 @@ def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int]]:
                 held = next(it)
             b = packer.batch()
             out.append(({k: v for k, v in b.items() if not k.startswith("_") and k != "has_image"},
-                        int(b["loss_mask"].sum())))
+                        int((b["segment_ids"] > 0).sum()), int(b["loss_mask"].sum())))
         return out
     while len(out) < n:
         chosen = [next(it) for _ in range(BATCH)]
@@ -132,12 +150,13 @@ def stream_batches(mode: str, vocab: int, n: int) -> list[tuple[dict, int]]:
         for i, smp in enumerate(chosen):
             for k in b:
                 b[k][i, :len(smp[k])] = smp[k]
-        out.append((b, int(b["loss_mask"].sum())))
+        out.append((b, sum(len(smp["tokens"]) for smp in chosen), int(b["loss_mask"].sum())))
     return out
 
 
-def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: str = "all",
-            layout: str = "unrolled", vocab_chunk: int = 0, attention: str = "blocked", devices: int = 1) -> dict:
+def build_jax(name: str, mode: str = "equal", trainable: str = "all", layout: str = "unrolled", vocab_chunk: int = 0,
+              attention: str = "blocked", devices: int = 1, position_chunk: int = 0, n_batches: int = 1):
+    """(setup, state, batch key, mesh, `stream_batches` of `mode`) of the lav2_jax row (also `step_profile.py`)."""
     import jax
 
     if devices > 1:  # data parallel over host "devices" (one XLA program each, batch rows split between them)
@@ -148,21 +167,31 @@ def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: 
     from lav2_jax.sharding import make_mesh
     from lav2_jax.train import state as state_lib
     from lav2_jax.train.defaults import base_config, group
-    from lav2_jax.train.mesh import global_batch
 
     cfg = model_config(name).replace(scan_layers=layout == "scan", attention=attention)
     adapter = presets.get_adapter("release-bias").replace(visual_fusion="none", prompt_layers=cfg.n_layers - 1)
     model = build_model(cfg, adapter, None)
     c = base_config()
     c.param_recipe, c.recipe, key = JAX_TRAINABLE[trainable]
-    c.total_steps, c.loss.vocab_chunk = 1000, vocab_chunk
+    c.total_steps, c.loss.vocab_chunk, c.loss.position_chunk = 1000, vocab_chunk, position_chunk
     c.batch[key] = BATCH
     c.optim.instruction = group(1e-3, 0.02, warmup_steps=10)
     mesh = make_mesh(devices, 1, 1, jax.devices()[:devices])
     setup, state = state_lib.build(c, mesh, model=model)
-    batches = stream_batches(mode, cfg.vocab_size, warmup + iters)
+    return setup, state, key, mesh, stream_batches(mode, cfg.vocab_size, n_batches)
+
+
+def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: str = "all",
+            layout: str = "unrolled", vocab_chunk: int = 0, attention: str = "blocked", devices: int = 1,
+            position_chunk: int = 0) -> dict:
+    import jax
+
+    from lav2_jax.train.mesh import global_batch
+
+    setup, state, key, mesh, batches = build_jax(name, mode, trainable, layout, vocab_chunk, attention, devices,
+                                                 position_chunk, warmup + iters)
     times = []
-    for rows, _ in batches:
+    for rows, _, _ in batches:
         batch = global_batch({key: rows}, mesh)
         t = time.perf_counter()
         state, m = setup.train_step(state, setup.frozen, batch)
@@ -170,7 +199,8 @@ def run_jax(name: str, iters: int, warmup: int, mode: str = "equal", trainable: 
         times.append(time.perf_counter() - t)
     return {"times": times[warmup:], "first_s": times[0], "trainable": setup.counts["instruction"],
             "loss": float(m[f"loss/{key}"]), "rss_mb": peak_rss_mb(), "version": f"jax {jax.__version__}",
-            "real_tokens": [r for _, r in batches[warmup:]], "shape": list(rows["tokens"].shape),
+            "real_tokens": [r for _, r, _ in batches[warmup:]], "loss_tokens": [n for *_, n in batches[warmup:]],
+            "shape": list(rows["tokens"].shape),
             "row_len": rows["tokens"].shape[1]}
 
 
@@ -200,7 +230,7 @@ def run_litgpt(name: str, iters: int, warmup: int, mode: str = "equal", trainabl
     batches = stream_batches(mode, cfg.vocab_size, warmup + iters)
     model.train()
     times, lengths = [], []
-    for rows, _ in batches:
+    for rows, _, _ in batches:
         idx, targets = torch.from_numpy(rows["tokens"]).long(), torch.from_numpy(rows["targets"]).long()
         targets = targets.masked_fill(torch.from_numpy(rows["loss_mask"]) == 0, -100)  # litgpt's ignore index
         lengths.append(idx.shape[1])
@@ -215,9 +245,11 @@ def run_litgpt(name: str, iters: int, warmup: int, mode: str = "equal", trainabl
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
     return {"times": times[warmup:], "first_s": times[0], "trainable": sum(p.numel() for p in trainable),
-            "loss": float(loss), "rss_mb": peak_rss_mb(), "real_tokens": [r for _, r in batches[warmup:]],
+            "loss": float(loss), "rss_mb": peak_rss_mb(), "real_tokens": [r for _, r, _ in batches[warmup:]],
+            "loss_tokens": [n for *_, n in batches[warmup:]],
             "row_len": sum(lengths[warmup:]) / len(lengths[warmup:]),
-            "shape": [BATCH, f"{min(lengths[warmup:])}..{max(lengths[warmup:])}" if mode == "longest" else lengths[0]],
+            "shape": [BATCH, f"{min(lengths[warmup:])}..{max(lengths[warmup:])}" if mode.startswith("longest")
+                      else lengths[0]],
             "version": f"litgpt {litgpt.__version__ if hasattr(litgpt, '__version__') else '0.5.13'}, "
                        f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
 
@@ -245,7 +277,7 @@ def child(args) -> None:
         out = run_peak()
     elif args.only == "jax":
         out = run_jax(args.config, args.iters, args.warmup, args.mode, args.trainable, args.layout,
-                      args.vocab_chunk, args.attention, args.cpu_devices)
+                      args.vocab_chunk, args.attention, args.cpu_devices, args.position_chunk)
     else:
         out = run_litgpt(args.config, args.iters, args.warmup, args.mode, args.trainable)
     print("RESULT " + json.dumps(out), flush=True)
@@ -254,7 +286,8 @@ def child(args) -> None:
 def measure(kind: str, name: str | None, args, mode: str = "equal", trainable: str = "all") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--only", kind, "--iters", str(args.iters),
            "--warmup", str(args.warmup), "--mode", mode, "--trainable", trainable, "--layout", args.layout,
-           "--vocab-chunk", str(args.vocab_chunk), "--attention", args.attention,
+           "--vocab-chunk", str(args.vocab_chunk), "--position-chunk", str(args.position_chunk),
+           "--attention", args.attention,
            "--cpu-devices", str(args.cpu_devices)] + (["--config", name] if name else [])
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     if args.xla_flags and kind == "jax":
@@ -284,6 +317,9 @@ def main() -> None:
                    help="lav2_jax ModelConfig.attention (blocked: causal query blocks of 128, for CPU training)")
     p.add_argument("--vocab-chunk", type=int, default=0,
                    help="lav2_jax loss.vocab_chunk (0: whole-vocabulary logits, no recompute; CPU memory allows it)")
+    p.add_argument("--position-chunk", type=int, default=32,
+                   help="lav2_jax loss.position_chunk (positions per row per loss chunk; chunks without a loss "
+                        "position are skipped; 0: the head at every position)")
     p.add_argument("--cpu-devices", type=int, default=1,
                    help="lav2_jax data parallel over this many host devices (jax_num_cpu_devices; rows split "
                         "between them, frozen weights replicated per device)")
@@ -303,13 +339,14 @@ def main() -> None:
     print(f"# matmul peak (2048³ float32): jax {peak.get('jax', 0) / 1e9:.1f} GFLOP/s, "
           f"torch {peak.get('torch', 0) / 1e9:.1f} GFLOP/s; MFU against {best / 1e9:.1f} GFLOP/s")
     print(f"# lav2_jax: {args.layout} layers, attention={args.attention}, loss.vocab_chunk={args.vocab_chunk}, "
+          f"loss.position_chunk={args.position_chunk}, "
           f"{args.cpu_devices} host device(s){', XLA_FLAGS ' + args.xla_flags if args.xla_flags else ''}; "
           f"load average at start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"# command: {' '.join([os.path.relpath(sys.executable, ROOT), 'benchmarks/train_step.py'] + sys.argv[1:])}")
-    print("| config | stream | implementation | batch shape | trainable | median step s | real tokens/s | MFU | "
-          "peak RSS MiB | first step s | load |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| config | stream | implementation | batch shape | trainable | median step s | real tokens/s | "
+          "loss tokens/s | MFU | peak RSS MiB | first step s | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     try:
         import litgpt  # noqa: F401
     except ImportError:
@@ -325,10 +362,12 @@ def main() -> None:
                     continue
                 med = float(np.median(r["times"]))
                 tps = float(np.median(np.asarray(r["real_tokens"]) / np.asarray(r["times"])))
+                lps = float(np.median(np.asarray(r["loss_tokens"]) / np.asarray(r["times"])))
                 rates[label] = tps
                 flops = train_flops_per_token(model_config(name), int(round(r["row_len"])))
                 print(f"| {name.upper()} | {stream} | {label} ({r['version']}) | {'×'.join(map(str, r['shape']))} | "
-                      f"{r['trainable']:,} | {med:.3f} | {tps:,.0f} | {tps * flops / best:.1%} | {r['rss_mb']:,.0f} | "
+                      f"{r['trainable']:,} | {med:.3f} | {tps:,.0f} | {lps:,.0f} | "
+                      f"{tps * flops / best:.1%} | {r['rss_mb']:,.0f} | "
                       f"{r['first_s']:.1f} | {os.getloadavg()[0]:.1f} |", flush=True)
             first = next(iter(rates.values()), None)
             for label, tps in list(rates.items())[1:]:

@@ -39,6 +39,7 @@ class CompileReport:
     compiled_flops: float = 0.0  # matmul FLOPs of the whole program, all chips, loops in full (lav2_jax.flops)
     pallas_calls: int = 0  # Pallas kernel launches, whose FLOPs compiled_flops cannot see
     devices_per_chip: int = 1  # v4 topologies describe each chip's 2 TensorCores as 2 devices sharing its HBM
+    guessed_loops: int = 0  # while loops whose counter lav2_jax.flops did not recognise (trips read off the bound)
 
     @property
     def peak_bytes(self) -> int:
@@ -91,7 +92,8 @@ def compile_report(topology: str, mesh, compiled) -> CompileReport:
         temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
         generated_code_bytes=int(mem.generated_code_size_in_bytes), xla_flops=float(cost.get("flops", 0.0)),
         compiled_flops=counted["flops"] * n, pallas_calls=counted["custom_calls"],
-        devices_per_chip=len({getattr(d, "core_on_chip", 0) for d in mesh.devices.flat}))
+        devices_per_chip=len({getattr(d, "core_on_chip", 0) for d in mesh.devices.flat}),
+        guessed_loops=len(counted["guessed_loops"]))
 
 
 def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_shardings: Any = None, mesh=None,

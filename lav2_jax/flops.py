@@ -7,7 +7,9 @@ partitioned, per-chip) HLO text instead: every `dot` / `convolution` (TPU lowers
 its trip count, fusions and calls once per call. The trip count comes from the loop's counter: start (the initial
 tuple's constant), step (the constant the body adds) and bound (the constant the condition compares with), so the
 SPMD partitioner's windowed-einsum loops (FSDP all-gather / reduce-scatter matmuls: a u32 counter stepping by 2,
-two weight shards per iteration) count as often as they run, like the scans (s32 counters stepping by 1).
+two weight shards per iteration) count as often as they run, like the scans (s32 counters stepping by 1). The
+counter is followed through `copy` / `bitcast`: in big programs XLA moves loop counters to scalar memory with a copy
+(`add(copy(counter), 2)`), and a loop read by its bound alone would count each windowed matmul twice.
 Only matrix products are counted (elementwise work is a few percent at LLaMA sizes); Pallas kernels
 (`tpu_custom_call`, e.g. the splash attention) are invisible to it and reported as `custom_calls`.
 
@@ -96,6 +98,14 @@ def _tuple_index(rest: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _through_copies(name: str, insts: dict) -> str:
+    """The instruction behind a chain of `copy` / `bitcast` (XLA copies loop counters between memory spaces, e.g.
+    into scalar memory, when it is short of room elsewhere)."""
+    while insts.get(name, ("",))[0] in ("copy", "bitcast"):
+        name = (_operands(insts[name][1]) or [""])[0]
+    return name
+
+
 def _trip_count(cond: str, body: str, init: str, roots: dict, insts: dict, values: dict) -> int | None:
     """Iterations of a counted while loop: its condition compares tuple element k with a constant bound, its body
     adds a constant step to element k, and element k of the initial tuple is a constant (through copies). SPMD
@@ -106,7 +116,7 @@ def _trip_count(cond: str, body: str, init: str, roots: dict, insts: dict, value
     args = _operands(rest)
     if op != "compare" or d is None or len(args) != 2:
         return None
-    direction = d.group(1)
+    direction, args = d.group(1), [_through_copies(a, insts) for a in args]
     if args[0] in values:  # constant on the left: flip the comparison
         args, direction = args[::-1], {"GT": "LT", "GE": "LE", "LT": "GT", "LE": "GE"}.get(direction, direction)
     if args[1] not in values or insts.get(args[0], ("",))[0] != "get-tuple-element" or direction not in ("LT", "LE"):
@@ -114,18 +124,17 @@ def _trip_count(cond: str, body: str, init: str, roots: dict, insts: dict, value
     k, bound = _tuple_index(insts[args[0]][1]), values[args[1]] + (direction == "LE")
     body_op, body_rest = insts.get(roots.get(body, ""), ("", ""))
     outs = _operands(body_rest)
-    if body_op != "tuple" or k is None or k >= len(outs) or insts.get(outs[k], ("",))[0] != "add":
+    step_add = _through_copies(outs[k], insts) if body_op == "tuple" and k is not None and k < len(outs) else ""
+    if insts.get(step_add, ("",))[0] != "add":
         return None
-    add_args = _operands(insts[outs[k]][1])
+    add_args = [_through_copies(a, insts) for a in _operands(insts[step_add][1])]
     steps = [values[a] for a in add_args if a in values]
     loops_back = [a for a in add_args if insts.get(a, ("",))[0] == "get-tuple-element"
                   and _tuple_index(insts[a][1]) == k]
     init_op, init_rest = insts.get(init, ("", ""))
     start = None
     if init_op == "tuple" and k < len(_operands(init_rest)):
-        start = _operands(init_rest)[k]
-        while insts.get(start, ("",))[0] in ("copy", "bitcast"):
-            start = _operands(insts[start][1])[0]
+        start = _through_copies(_operands(init_rest)[k], insts)
     if len(steps) != 1 or steps[0] <= 0 or not loops_back or start not in values:
         return None
     return max(0, -(-(bound - values[start]) // steps[0]))
@@ -135,7 +144,8 @@ def hlo_flops(hlo_text: str) -> dict:
     """Matmul FLOPs per chip of a compiled program's HLO text (`compiled.as_text()`), loops counted in full.
 
     Returns {"flops": per-chip FLOPs, "custom_calls": Pallas (tpu_custom_call) kernels executed (uncounted),
-    "loops": {body computation: trip count}}."""
+    "loops": {body computation: trip count}, "guessed_loops": bodies whose counter was not recognised, counted as
+    often as the one positive constant in their condition (an over-count when the counter steps by more than 1)}."""
     comps: list[str] = []
     entry = None
     shapes: dict[str, list[int]] = {}
@@ -185,12 +195,13 @@ def hlo_flops(hlo_text: str) -> dict:
         for group in _MULTI.findall(rest):
             for callee in re.findall(r"%([^\s,]+)", group):
                 edges[current].append((callee, 1))
-    loops = {}
+    loops, guessed = {}, []
     for caller, cond, body, init in whiles:
         trips = _trip_count(cond, body, init, roots, insts, values)
         if trips is None:  # not a counted loop we recognise: the one positive bound in its condition, else 1
             bounds = [c for c in constants.get(cond, []) if c > 0]
             trips = bounds[0] if len(bounds) == 1 else 1
+            guessed.append(body)
         loops[body] = trips
         edges[caller].append((body, loops[body]))
     mult: dict[str, float] = defaultdict(float)
@@ -200,7 +211,7 @@ def hlo_flops(hlo_text: str) -> dict:
             mult[callee] += mult[comp] * factor
     flops = sum(own[c] * mult[c] for c in own)
     custom = int(sum(customs[c] * mult[c] for c in customs))
-    return {"flops": flops, "custom_calls": custom, "loops": loops}
+    return {"flops": flops, "custom_calls": custom, "loops": loops, "guessed_loops": guessed}
 
 
 def _kernel_sizes(params) -> dict[str, int]:

@@ -110,3 +110,36 @@ def test_chat(ckpts, capsys, monkeypatch):
     lines = out.splitlines()
     assert len(lines) == 2 and all(line.startswith("Assistant: ") for line in lines)
     assert "dropped the oldest" in err  # context 512: the second turn cannot keep the first with 480 reserved
+
+
+@pytest.fixture(scope="module")
+def llava_ckpt(ckpts, tmp_path_factory):
+    """A tiny LLaVA checkpoint (spliced, not mPLUG-Owl; 16 visual tokens per 32 px image), the same tokenizer."""
+    from ckpt_utils import random_params
+    from lav2_jax import presets
+    from lav2_jax.config import SpliceConfig
+    from lav2_jax.model.factory import build_model
+
+    adapter = presets.get_adapter("none").replace(splice=SpliceConfig(image_token_id=CFG.vocab_size, n_tokens=16))
+    model = build_model(CFG, adapter, presets.get_vision("tiny").replace(output_dim=0))
+    return save_pretrained(str(tmp_path_factory.mktemp("llava") / "llava"), model, random_params(model),
+                           tokenizer=f"{ckpts['vision']}/tokenizer")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("vision", "several images need a spliced system: mPLUG-Owl"),  # LLaMA-Adapter V2: no splice at all
+    ("llava", "only mPLUG-Owl's template places several images"),
+])
+def test_several_images_for_a_model_other_than_owl_are_one_line_errors(ckpts, llava_ckpt, capsys, monkeypatch, kind,
+                                                                       message):
+    ckpt = llava_ckpt if kind == "llava" else ckpts[kind]
+    two = ("--image", ckpts["image"], "--image", ckpts["image"])
+    raws = [(), ("--raw",)] if kind == "vision" else [()]  # a LLaVA prompt may place its own <image> markers (--raw)
+    for raw in raws:
+        rc, out, err = run_cli(capsys, "generate", "--ckpt", ckpt, *two, *raw, "--prompt", "x", "--max-new-tokens", "2")
+        assert rc == 2 and out == "" and "2 --image given" in err and message in err, (raw, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    rc, out, err = run_cli(capsys, "chat", "--ckpt", ckpt, *two)
+    assert rc == 2 and out == "" and "2 --image given: several images per conversation are mPLUG-Owl's" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

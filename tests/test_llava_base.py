@@ -5,6 +5,7 @@ Proves: the combined checkpoint's LM leaves and text-only logits are bit-identic
 ≤1e-5 from `LlamaForCausalLM`); the tower's hidden state at the feature layer (−2) equals `CLIPVisionModel`'s
 ≤1e-5 and the visual tokens are the projector of its patch tokens; the fresh projector is initialised like
 `nn.Linear`; a stage-1 step changes the projector only; the stage-1 export over the combined base loads back;
+`--weight-dtype bfloat16` stores every frozen array as `convert hf` / `convert clip` with bfloat16 do;
 a LLaVA run over a base without a tower, and swapped inputs, are one-line errors.
 """
 
@@ -150,6 +151,44 @@ def test_stage1_export_over_the_combined_base_loads_back(env):
     got, want = _flat(bundle.params), _flat(env["params"])
     assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
     state_lib.model_from_config(_config(out).model)  # stage 2 starts from it: its own splice and tower
+
+
+def _item_arrays(ckpt: str, item: str) -> dict:
+    from lav2_jax.checkpoint.items import item_shapes, restore_item
+
+    path, device = os.path.join(ckpt, item), jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    targets = {k: jax.ShapeDtypeStruct(s, d, sharding=device) for k, (s, d) in item_shapes(path).items()}
+    return {pg.path_str(k): np.asarray(v) for k, v in restore_item(path, targets).items()}
+
+
+def test_weight_dtype_is_honoured_like_the_other_converters(env):
+    """--weight-dtype bfloat16 over float32 inputs: every frozen array bfloat16, bit-equal to the float32 arrays cast
+    by numpy and to `convert hf` / `convert clip` run with bfloat16 themselves; config dtypes bfloat16."""
+    import ml_dtypes
+
+    out = str(env["tmp"] / "base_bf16")
+    assert main(["convert", "llava-base", "--llm", env["llm"], "--clip", env["clip_ckpt"], "--out", out,
+                 "--weight-dtype", "bfloat16"]) == 0
+    cfg = read_config(out)
+    assert (cfg.model.weight_dtype, cfg.model.dtype, cfg.vision.weight_dtype, cfg.vision.dtype) == ("bfloat16",) * 4
+    assert cfg.items == read_config(env["base"]).items == ("base", "vision")
+    direct = {"base": convert_hf(str(env["tmp"] / "hf"), str(env["tmp"] / "llm_bf16"), weight_dtype="bfloat16"),
+              "vision": convert_clip(str(env["tmp"] / "clip_hf"), str(env["tmp"] / "clip_bf16"),
+                                     weight_dtype="bfloat16")}
+    for item, ref_ckpt in direct.items():
+        got, f32 = _item_arrays(out, item), _item_arrays(env["base"], item)
+        ref = _item_arrays(ref_ckpt, "base")
+        assert set(got) == set(f32) == set(ref) and all(v.dtype == ml_dtypes.bfloat16 for v in got.values())
+        assert all(f32[k].dtype == np.float32 for k in f32)
+        assert all(np.array_equal(got[k].view(np.uint16), f32[k].astype(ml_dtypes.bfloat16).view(np.uint16))
+                   and np.array_equal(got[k].view(np.uint16), ref[k].view(np.uint16)) for k in got)
+    assert all(v.dtype == jnp.bfloat16 for v in jax.tree_util.tree_leaves(load_pretrained(out).params))
+    same = str(env["tmp"] / "base_f32")  # already float32: linked, not rewritten
+    assert main(["convert", "llava-base", "--llm", env["llm"], "--clip", env["clip_ckpt"], "--out", same,
+                 "--weight-dtype", "float32"]) == 0
+    assert read_config(same).model.weight_dtype == "float32"
+    assert os.path.samefile(os.path.join(same, "vision", "_METADATA"), os.path.join(env["clip_ckpt"], "base",
+                                                                                      "_METADATA"))
 
 
 def test_errors_name_the_problem(env, capsys):

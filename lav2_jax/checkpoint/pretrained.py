@@ -8,7 +8,8 @@
                   config)
       every leaf restored straight onto its NamedSharding (`lav2_jax.sharding.logical_shardings`) when a mesh is
       given, else onto the first device. `dtype="float32"` stores and computes everything in float32.
-      `adapter=DIR` overlays an adapter item saved separately (its adapter/vision config wins).
+      `adapter=DIR` overlays an adapter item saved separately (its adapter/vision config wins). A tokenizer with
+      more pieces than the model's vocab_size is a `lav2_jax.data.tokenizer.VocabularyError`, before any weight is read.
       `layout="unstacked"` (no mesh) returns the decoder with its layers as a Python loop (`scan_layers=False`,
       params `layers_0 … layers_{L-1}`), the layout CPU decoding is fastest in (`inference.generation.decode_view`),
       without ever holding the weights twice: for inference on one host (`lav2 generate`/`chat`), not training.
@@ -244,20 +245,25 @@ LAYOUTS = ("scanned", "unstacked")
 
 def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None, layout: str = "scanned") -> Bundle:
     """Loads a checkpoint written by `save_pretrained` / `save_adapter` / `lav2 convert` (see module docstring)."""
-    from lav2_jax.data.tokenizer import load_tokenizer
+    from lav2_jax.data.tokenizer import check_vocab, load_tokenizer
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
     if layout == "unstacked" and mesh is not None:
         raise ValueError("layout='unstacked' is for single-device inference; load with a mesh in the scanned layout")
     config, model, dirs, tok_paths = _open(path, dtype, adapter)
+    tok_dir = _tokenizer_dir(tok_paths)
+    tokenizer = load_tokenizer(tok_dir) if tok_dir else None
+    if tokenizer is not None:  # before the weights: ids past the vocabulary would embed as NaN
+        splice = model.adapter.splice
+        check_vocab(tokenizer, model.config.vocab_size, f"at {tok_dir}",
+                    f"model.vocab_size in {os.path.join(os.path.abspath(os.fspath(path)), 'config.json')}",
+                    splice.image_token_id if splice is not None else None)
     params, _ = restore_params(model, dirs, mesh)
     if layout == "unstacked" and model.config.scan_layers:
         params = unstack_layers(params, model.config.n_layers, consume=True)
         model = unscanned(model)
         config = config.replace(model=model.config)
-    tok_dir = _tokenizer_dir(tok_paths)
-    tokenizer = load_tokenizer(tok_dir) if tok_dir else None
     if tokenizer is not None and model.adapter.splice is not None:  # `<image>` → the splice's placeholder ids
         from lav2_jax.data.image_prompt import load_image_tokenizer
         tokenizer = load_image_tokenizer(tok_dir, model.adapter.splice)

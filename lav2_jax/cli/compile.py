@@ -81,6 +81,9 @@ def run(args) -> int:
           f"{out['analytic_flops']:.3e} (6N: {out['flops_6n']:.3e}), ratio {out['flop_ratio']:.3f}")
     if out["pallas_calls"]:
         print(f"  ({out['pallas_calls']} Pallas kernel calls: their FLOPs are not in the compiled count)")
+    if out.get("guessed_loops"):
+        print(f"  ({out['guessed_loops']} loops with an unrecognised counter, counted by their bound: the compiled "
+              "count may be high)")
     print(f"  xla flops  {out['xla_flops']:.3e} (XLA's cost analysis: a scanned body counted once)")
     return 0
 

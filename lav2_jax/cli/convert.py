@@ -14,7 +14,8 @@
 clip --layout owl writes mPLUG-Owl's vision layout (per-head q|k|v, eps 1e-6, no proj) to initialise its stage 1.
 CLIP heads: --clip-heads, else an HF directory's config, else width / 64 (an error when 64 does not divide it).
 All take --out OUT, --weight-dtype bfloat16|float32 (frozen weights; trainable ones stay float32), --overwrite;
-llava-base links the inputs' arrays as they are (their dtypes; --weight-dtype does not apply).
+llava-base's default is no --weight-dtype: it links the inputs' arrays as they are (their dtypes); with one, it
+stores the frozen weights in that dtype (rewriting the arrays of another dtype).
 Every input problem is reported (file and key) before anything is written.
 """
 
@@ -27,11 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="source", metavar="SOURCE")
     sub.required = True
 
-    def source(name, help_text):
+    def source(name, help_text, weight_dtype="bfloat16", dtype_help="default bfloat16"):
         s = sub.add_parser(name, help=help_text, description=help_text)
         s.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
-        s.add_argument("--weight-dtype", default="bfloat16", choices=("bfloat16", "float32"),
-                       help="storage dtype of frozen weights (default bfloat16)")
+        s.add_argument("--weight-dtype", default=weight_dtype, choices=("bfloat16", "float32"),
+                       help=f"storage dtype of frozen weights ({dtype_help})")
         s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         return s
 
@@ -66,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--clip-heads", type=int, default=None,
                    help="CLIP attention heads (default: the HF config's, else width / 64)")
     s.add_argument("--max-seq-len", type=int, default=None, help="default: max_position_embeddings")
-    s = source("llava-base", "a converted language model + a converted CLIP tower → LLaVA stage 1's base")
+    s = source("llava-base", "a converted language model + a converted CLIP tower → LLaVA stage 1's base",
+               weight_dtype=None, dtype_help="default: the inputs' own, linked without rewriting")
     s.add_argument("--llm", required=True, help="language-only checkpoint (lav2 convert hf|meta)")
     s.add_argument("--clip", required=True, help="vision-only checkpoint (lav2 convert clip)")
     s = source("chat65b", "released 65B chat checkpoint (full state dict under 'model')")
@@ -107,7 +109,7 @@ def _convert(args) -> str:
                              max_seq_len=args.max_seq_len, **common)
     if args.source == "llava-base":
         from lav2_jax.checkpoint.convert.llava_base import combine_llava_base
-        return combine_llava_base(args.llm, args.clip, args.out, overwrite=args.overwrite)
+        return combine_llava_base(args.llm, args.clip, args.out, **common)
     if args.source == "clip":
         from lav2_jax.checkpoint.convert.clip import convert_clip
         return convert_clip(args.clip, args.out, heads=args.heads, **common)

@@ -4,7 +4,8 @@ The config file is an ml_collections config (`get_config()`), overridden with ab
 examples, e.g. `--config.total_steps=100 --config.mesh.fsdp=8`. Checkpoints, TensorBoard events and
 `metrics.jsonl` go under DIR; running the same command again resumes from the newest readable checkpoint there
 (an unreadable newer one is reported and moved aside), `--resume-from STEP` from that step. An override of a field
-the config lacks, or a value of the wrong type, is a one-line error naming the field and the closest valid ones.
+the config lacks, or a value of the wrong type, is a one-line error naming the field and the closest valid ones;
+so is a `config.data.tokenizer` that is missing, unreadable or has more pieces than the model's vocab_size.
 Exit status 0 also after a SIGTERM (a checkpoint was written: rerun to resume), 3 on a non-finite loss, 4 when a
 data worker process died (one line naming the step and the checkpoint to resume from).
 """
@@ -66,12 +67,13 @@ def run(args) -> int:
     except Exception as e:  # noqa: BLE001 - absl / ml_collections raise many types for a bad flag or file
         raise UserError(f"{args.config}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}") from None
     from lav2_jax.checkpoint.items import CheckpointReadError
+    from lav2_jax.data.tokenizer import TokenizerError
     from lav2_jax.train.data import DataWorkerError
     from lav2_jax.train.trainer import NonFiniteError, train
 
     try:
         out = train(config, args.workdir, resume_from=getattr(args, "resume_from", None))
-    except CheckpointReadError as e:
+    except (CheckpointReadError, TokenizerError) as e:
         raise UserError(str(e)) from None
     except NonFiniteError as e:
         print(f"lav2 train: stopped: {e}", flush=True)

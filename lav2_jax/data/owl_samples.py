@@ -15,6 +15,8 @@ splices slot j at the sample's j-th run, `lav2_jax.model.splice`); ``has_image``
 them. The other slots are zeros marked False; no placeholder refers to them, so neither attention nor the loss
 sees them (the encoder still runs on them: static shapes). A sample with more than `max_images` images is dropped
 and counted like a truncation drop; with packing a sample's k images take k consecutive slots of its row.
+The pipeline's Owl branch calls `tokenize_sample` (tokens and image count, that drop), `sample_images` (a
+sample's image fields), `check_image_slots` (its `max_images` setting) and `stack_image_slots`.
 
 Images (`preprocess_image`): training = RandomResizedCrop(size, scale 0.5–1, bicubic) + horizontal flip (p 0.5),
 evaluation = a bicubic resize to size × size (no crop); then the CLIP normalisation.
@@ -90,6 +92,27 @@ def tokenize_record(tok: Tokenizer, record: Mapping[str, Any], caption_index: in
     return tokenize(tok, record_segments(record, caption_index), max_len, n_image_tokens, image_token_id)
 
 
+def tokenize_sample(tok: Tokenizer, record: Mapping[str, Any], caption_index: int, max_len: int,
+                    n_image_tokens: int, image_token_id: int, max_images: int) -> tuple[Optional[Tokenized], int]:
+    """(`tokenize_record`, its image count) for the pipeline; (None, 0) — dropped, counted — also when the sample
+    keeps more images than the batch has slots for (`max_images`)."""
+    out = tokenize_record(tok, record, caption_index, max_len, n_image_tokens, image_token_id)
+    n_images = 0 if out is None else int((out.tokens == image_token_id).sum()) // n_image_tokens
+    return (None, 0) if out is None or n_images > max_images else (out, n_images)
+
+
+def sample_images(record: Mapping[str, Any], n_images: int, size: int, rng: Optional[np.random.Generator],
+                  channel_order: str, name: Optional[str] = None) -> dict[str, np.ndarray]:
+    """The image fields of a pipeline sample: `images` float32 [n_images, size, size, 3], the record's first
+    `n_images` images (`record_images` order: image j fills the j-th placeholder run) through `preprocess_image`
+    (augmented when `rng` is given), and `image` [size, size, 3], the first of them (zeros when there is none)."""
+    if not n_images:
+        return {"image": np.zeros((size, size, 3), np.float32), "images": np.zeros((0, size, size, 3), np.float32)}
+    stack = np.stack([preprocess_image(src, size, rng, channel_order, name=name)
+                      for src in record_images(record)[:n_images]])
+    return {"images": stack, "image": stack[0]}
+
+
 def preprocess_image(src, size: int, rng: Optional[np.random.Generator] = None, channel_order: str = "rgb", *,
                      name: Optional[str] = None) -> np.ndarray:
     """float32 [size, size, 3]: training augmentation when `rng` is given, else the evaluation resize."""
@@ -106,6 +129,16 @@ def preprocess_image(src, size: int, rng: Optional[np.random.Generator] = None, 
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return images.normalize(np.asarray(img), channel_order)
+
+
+def check_image_slots(max_images: int, template: str, packed_images: bool, max_segments: int) -> None:
+    """ValueError unless `max_images` fits: >= 1, > 1 for `template="owl"` only, and with packing of an image
+    stream (`packed_images`) at most a row's image slots (`max_segments`)."""
+    if max_images < 1 or (max_images > 1 and template != "owl"):
+        raise ValueError(f"max_images={max_images}: several images per sample are mPLUG-Owl's (template='owl')")
+    if packed_images and max_segments < max_images:
+        raise ValueError(f"packing: max_segments {max_segments} (images per row) < max_images {max_images} "
+                         "(images per sample)")
 
 
 def stack_image_slots(per_sample: Sequence[np.ndarray], max_images: int) -> tuple[np.ndarray, np.ndarray]:

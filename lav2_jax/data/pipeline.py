@@ -60,7 +60,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from lav2_jax.data import images, llava_samples, samples
+from lav2_jax.data import images, llava_samples, owl_samples, samples
 from lav2_jax.data.tokenizer import PAD_ID, Tokenizer
 
 DROPPED_KEY = "_n_dropped"
@@ -141,14 +141,9 @@ class _Encode(grain.transforms.RandomMap):
         n_captions = len(record["captions"]) if "captions" in record else 1
         pick = int(rng.integers(n_captions)) if cfg.train else 0
         has_image = bool(record.get("has_image", "captions" in record))
-        if cfg.template == "owl":  # mPLUG-Owl (`lav2_jax.data.owl_samples`)
-            from lav2_jax.data import owl_samples
-
-            out = owl_samples.tokenize_record(self.tok, record, pick, cfg.max_len, cfg.image_tokens,
-                                              cfg.image_token_id)
-            n_images = 0 if out is None else int((out.tokens == cfg.image_token_id).sum()) // cfg.image_tokens
-            if n_images > cfg.max_images:  # more images than the batch has slots for: dropped, counted
-                return {"dropped": True}
+        if cfg.template == "owl":  # mPLUG-Owl; more images than the batch has slots for: dropped, counted
+            out, n_images = owl_samples.tokenize_sample(self.tok, record, pick, cfg.max_len, cfg.image_tokens,
+                                                        cfg.image_token_id, cfg.max_images)
             has_image = n_images > 0
         elif cfg.template:
             out = llava_samples.tokenize_record(self.tok, record, cfg.template, pick, cfg.max_len, cfg.image_tokens,
@@ -162,27 +157,19 @@ class _Encode(grain.transforms.RandomMap):
         sample["has_image"] = has_image
         if self.with_images:
             size = cfg.image_size
-            if has_image:
-                name = f"{record['source'].decode()}: image" if isinstance(record.get("source"), bytes) else None
-                if cfg.template == "owl":  # image j fills the j-th placeholder run; stacked [k, H, W, 3]
-                    from lav2_jax.data import owl_samples
-
-                    augment = rng if cfg.train and cfg.augment else None  # the release's crop + flip
-                    sample["images"] = np.stack([
-                        owl_samples.preprocess_image(src, size, augment, cfg.channel_order, name=name)
-                        for src in owl_samples.record_images(record)[:n_images]])
-                    sample["image"] = sample["images"][0]
-                elif cfg.template:
-                    sample["image"] = llava_samples.preprocess_image(record["image"], size, cfg.image_aspect,
-                                                                     cfg.channel_order, name=name)
-                elif cfg.train and cfg.augment:
-                    sample["image"] = images.augment(record["image"], rng, size, cfg.channel_order, name=name)
-                else:
-                    sample["image"] = images.preprocess(record["image"], size, cfg.channel_order, name=name)
-            else:
+            name = f"{record['source'].decode()}: image" if isinstance(record.get("source"), bytes) else None
+            if cfg.template == "owl":  # `images` [k, H, W, 3] (image j fills the j-th placeholder run), `image`
+                augment = rng if cfg.train and cfg.augment else None  # the release's crop + flip
+                sample.update(owl_samples.sample_images(record, n_images, size, augment, cfg.channel_order, name))
+            elif not has_image:
                 sample["image"] = np.zeros((size, size, 3), np.float32)
-                if cfg.template == "owl":
-                    sample["images"] = np.zeros((0, size, size, 3), np.float32)
+            elif cfg.template:
+                sample["image"] = llava_samples.preprocess_image(record["image"], size, cfg.image_aspect,
+                                                                 cfg.channel_order, name=name)
+            elif cfg.train and cfg.augment:
+                sample["image"] = images.augment(record["image"], rng, size, cfg.channel_order, name=name)
+            else:
+                sample["image"] = images.preprocess(record["image"], size, cfg.channel_order, name=name)
         return sample
 
 
@@ -245,9 +232,8 @@ class _PadToBucket:
             batch["targets"][i, :n] = e["targets"]
             batch["loss_mask"][i, :n] = e["loss_mask"]
         if self.with_images and self.max_images > 1:  # mPLUG-Owl's image slots
-            from lav2_jax.data.owl_samples import stack_image_slots
-
-            batch["images"], batch["has_image"] = stack_image_slots([e["images"] for e in elements], self.max_images)
+            batch["images"], batch["has_image"] = owl_samples.stack_image_slots([e["images"] for e in elements],
+                                                                                self.max_images)
         else:
             if self.with_images:
                 batch["images"] = np.stack([e["image"] for e in elements]).astype(np.float32, copy=False)
@@ -298,12 +284,8 @@ class Pipeline:
         ds = ds.random_map(_Encode(tokenizer, config, self.with_images), seed=config.seed)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                   prefetch_buffer_size=config.read_buffer))
-        if config.max_images < 1 or (config.max_images > 1 and config.template != "owl"):
-            raise ValueError(f"max_images={config.max_images}: several images per sample are mPLUG-Owl's "
-                             "(template='owl')")
-        if config.packing and self.with_images and config.max_segments < config.max_images:
-            raise ValueError(f"packing: max_segments {config.max_segments} (images per row) < max_images "
-                             f"{config.max_images} (images per sample)")
+        owl_samples.check_image_slots(config.max_images, config.template, config.packing and self.with_images,
+                                      config.max_segments)
         if config.packing:
             from lav2_jax.data.packing import PackedBatches
 

@@ -12,6 +12,10 @@ Interface (both classes): `encode(text, bos=False, eos=False) -> list[int]`, `de
 * Hugging Face: `encode` never adds the tokenizer's own special tokens (BOS/EOS only when asked); byte-level BPE
   (LLaMA-3) has no dummy prefix, so `encode_continuation == encode`.
 * `pad_id` is 0 for both (the batch contract of `lav2_jax.data.pipeline`: padding is masked out of the loss).
+
+`check_vocab(tok, vocab_size, ...)` is the one test that a tokenizer fits a model (`VocabularyError` otherwise):
+an id >= the model's `vocab_size` would reach the embedding gather, which gives NaN (`jnp.take` fills out-of-range
+rows) or garbage without any error. Training (`lav2_jax.train.data.check_tokenizer`) and `load_pretrained` call it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,28 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+class TokenizerError(ValueError):
+    """A tokenizer path that is missing or holds no readable tokenizer (the message names the path)."""
+
+
+class VocabularyError(TokenizerError):
+    """The tokenizer has more pieces than the model's vocabulary embeds (the message names both sources)."""
+
+
+def check_vocab(tok: Tokenizer, vocab_size: int, tokenizer_where: str, model_where: str,
+                image_token_id: int | None = None) -> None:
+    """`VocabularyError` unless every id `tok` can produce (0 .. tok.vocab_size - 1) is a row of the model's
+    embedding [vocab_size, D]. The one id allowed past it is a spliced system's image placeholder
+    (`image_token_id`, e.g. an `<image>` token added right after the vocabulary): placeholders are never embedded
+    (`lav2_jax.model.splice.embed_ids`). A tokenizer smaller than the vocabulary is fine (padded vocabularies)."""
+    pieces = int(tok.vocab_size)
+    if pieces <= vocab_size or (pieces == vocab_size + 1 and image_token_id == vocab_size):
+        return
+    raise VocabularyError(f"the tokenizer {tokenizer_where} has {pieces} pieces but the model's vocab_size is "
+                          f"{vocab_size} ({model_where}): ids >= {vocab_size} have no embedding row; use the "
+                          "tokenizer the model was made with, or a model whose vocab_size covers the tokenizer")
+
+
 def _wrap(ids: list[int], bos: bool, eos: bool, bos_id: int, eos_id: int) -> list[int]:
     return ([bos_id] if bos else []) + ids + ([eos_id] if eos else [])
 
@@ -51,7 +77,7 @@ class SentencePieceTokenizer:
             with open(self.path, "rb") as f:
                 self._proto = f.read()
         except OSError as e:
-            raise ValueError(f"{self.path}: cannot read sentencepiece model: {e.strerror or e}") from None
+            raise TokenizerError(f"{self.path}: cannot read sentencepiece model: {e.strerror or e}") from None
         self._load()
 
     def _load(self) -> None:
@@ -62,7 +88,7 @@ class SentencePieceTokenizer:
         try:
             self._sp.LoadFromSerializedProto(self._proto)
         except (RuntimeError, OSError) as e:
-            raise ValueError(f"{self.path}: not a sentencepiece model: {e}") from None
+            raise TokenizerError(f"{self.path}: not a sentencepiece model: {e}") from None
         proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(self._proto)
         proto.normalizer_spec.add_dummy_prefix = False
@@ -72,7 +98,7 @@ class SentencePieceTokenizer:
         self.eos_id = int(self._sp.eos_id())
         self.vocab_size = int(self._sp.vocab_size())
         if self.bos_id < 0 or self.eos_id < 0:
-            raise ValueError(f"{self.path}: the sentencepiece model defines no BOS/EOS piece")
+            raise TokenizerError(f"{self.path}: the sentencepiece model defines no BOS/EOS piece")
 
     def __getstate__(self):
         return {"path": self.path, "proto": self._proto}
@@ -111,7 +137,7 @@ class HFTokenizer:
             tid = self._tok.token_to_id(name)
             if tid is not None:
                 return int(tid)
-        raise ValueError(f"{self.path}: no {key} among {candidates} in tokenizer.json")
+        raise TokenizerError(f"{self.path}: no {key} among {candidates} in tokenizer.json")
 
     def _load(self) -> None:
         from tokenizers import Tokenizer as _HF
@@ -120,7 +146,7 @@ class HFTokenizer:
         try:
             self._tok = _HF.from_file(tok_file)
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
-            raise ValueError(f"{tok_file}: cannot load Hugging Face tokenizer: {e}") from None
+            raise TokenizerError(f"{tok_file}: cannot load Hugging Face tokenizer: {e}") from None
         config: dict = {}
         cfg_file = os.path.join(self.path, "tokenizer_config.json")
         if os.path.exists(cfg_file):
@@ -128,7 +154,7 @@ class HFTokenizer:
                 with open(cfg_file, encoding="utf-8") as f:
                     config = json.load(f)
             except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{cfg_file}: unreadable tokenizer config: {e}") from None
+                raise TokenizerError(f"{cfg_file}: unreadable tokenizer config: {e}") from None
         self.bos_id = self._special(config, "bos_token", self._BOS_NAMES)
         self.eos_id = self._special(config, "eos_token", self._EOS_NAMES)
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
@@ -168,10 +194,10 @@ def load_tokenizer(path: str | os.PathLike) -> SentencePieceTokenizer | HFTokeni
             return HFTokenizer(p)
         if os.path.exists(os.path.join(p, "tokenizer.model")):
             return SentencePieceTokenizer(os.path.join(p, "tokenizer.model"))
-        raise ValueError(f"{p}: directory has neither tokenizer.json nor tokenizer.model")
+        raise TokenizerError(f"{p}: directory has neither tokenizer.json nor tokenizer.model")
     if os.path.isfile(p):
         return SentencePieceTokenizer(p)
-    raise ValueError(f"{p}: no such tokenizer file or directory")
+    raise TokenizerError(f"{p}: no such tokenizer file or directory")
 
 
 def encode_segments(tok: Tokenizer, segments: Sequence[tuple[str, bool]]) -> tuple[list[int], list[bool]]:

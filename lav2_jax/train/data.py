@@ -88,6 +88,26 @@ def pipeline(config, setup):
     return Keyed(keys[0], iter(make(keys[0])))
 
 
+def check_tokenizer(config, model) -> None:
+    """`lav2_jax.data.tokenizer.TokenizerError` when `config.data.tokenizer` is missing or unreadable, and its
+    subclass `VocabularyError` when pipeline data (`config.data.tokenizer`) would feed `model` ids
+    outside its vocabulary; the message names the tokenizer and where the model's vocab_size comes from
+    (`config.model.preset`, or the base checkpoint's config.json). Synthetic data draws ids inside the vocabulary."""
+    if config.data.source != "pipeline":
+        return
+    from lav2_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
+
+    d, mc, splice = config.data, config.model, model.adapter.splice
+    where = (f"model.vocab_size in {mc.base_checkpoint}/config.json, config.model.base_checkpoint"
+             if mc.get("base_checkpoint") else f"config.model.preset={mc.preset!r}")
+    try:
+        tok = load_tokenizer(d.tokenizer)
+    except TokenizerError as e:
+        raise TokenizerError(f"config.data.tokenizer: {e}") from None
+    check_vocab(tok, model.config.vocab_size, f"config.data.tokenizer={d.tokenizer}", where,
+                splice.image_token_id if splice is not None else None)
+
+
 def _spliced_options(d, splice) -> dict:
     """PipelineConfig fields of a spliced model: its template, image token count and id, augmentation (LLaVA:
     none; mPLUG-Owl: `data.augment`, default on = the release's crop + flip) and `data.max_images` (images per

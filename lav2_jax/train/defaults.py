@@ -17,6 +17,9 @@ Fields:
                                      b1, b2, eps, min_lr
   optim.accum_steps, optim.clip_norm gradient accumulation micro-batches; per-stream global-norm clip (0 = off)
   loss.vocab_chunk                   vocabulary columns per loss chunk (0 = whole vocabulary at once)
+  loss.position_chunk                positions per row per loss chunk: > 0 runs the head at loss positions only,
+                                     skipping chunks without one (a dynamic-count loop, `train.loss`); 0 = every
+                                     position (default: a static program, whose FLOPs `lav2 compile` counts)
   data.source                        synthetic | pipeline (`lav2_jax.train.data`), and their settings
   data.channel_order                 rgb | bgr; '' = the base checkpoint's (`train.data.channel_order`), else rgb
   data.packing, data.<stream>.max_segments   pipeline: several samples per row (`lav2_jax.data.packing`)
@@ -55,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch = ml_collections.ConfigDict(dict(caption=32, instruction=32, train=32))
     c.optim = ml_collections.ConfigDict(dict(caption=group(1e-4, 0.05), instruction=group(1e-3, 0.02),
                                              accum_steps=1, clip_norm=0.0))
-    c.loss = ml_collections.ConfigDict(dict(vocab_chunk=8000))
+    c.loss = ml_collections.ConfigDict(dict(vocab_chunk=8000, position_chunk=0))
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic", seed=0, seq_len=128, num_examples=0, answer_vocab=0, tokenizer="",
         channel_order="", worker_count=0, packing=False,

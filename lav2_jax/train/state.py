@@ -167,7 +167,8 @@ def build(config, mesh, model=None, abstract: bool = False) -> tuple[Setup, dict
     state = (jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                                     jax.eval_shape(init, trainable), state_sh) if abstract else init(trainable))
     fn = step_lib.make_step_fn(model, labels, tx, streams, int(config.optim.accum_steps),
-                               float(config.optim.clip_norm), int(config.loss.vocab_chunk))
+                               float(config.optim.clip_norm), int(config.loss.vocab_chunk),
+                               int(config.loss.get("position_chunk", 0)))
     train_step = step_lib.TrainStep(fn, mesh, state_sh, f_sh, LOGICAL_RULES)
     setup = Setup(model=model, mesh=mesh, labels=labels, frozen=frozen, frozen_shardings=f_sh,
                   state_shardings=state_sh, tx=tx, train_step=train_step, streams=streams, global_batch=gb,

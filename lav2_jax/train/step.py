@@ -105,8 +105,10 @@ def _keep(labels: Mapping, groups_ok: Mapping[str, Any], new: Mapping, old: Mapp
 
 
 def make_step_fn(model: nn.Module, labels: Mapping, tx: optax.GradientTransformation, streams: tuple[Stream, ...],
-                 accum_steps: int = 1, clip_norm: float = 0.0, vocab_chunk: int = 0) -> Callable:
-    """The pure step `(state, frozen, batch) -> (state, metrics)`; `labels` label the trainable tree only."""
+                 accum_steps: int = 1, clip_norm: float = 0.0, vocab_chunk: int = 0,
+                 position_chunk: int = 0) -> Callable:
+    """The pure step `(state, frozen, batch) -> (state, metrics)`; `labels` label the trainable tree only.
+    `vocab_chunk` / `position_chunk`: the loss's (`lav2_jax.train.loss.token_loss_sums`)."""
     check_streams(streams)
     k = int(accum_steps)
 
@@ -119,7 +121,8 @@ def make_step_fn(model: nn.Module, labels: Mapping, tx: optax.GradientTransforma
                                  segment_ids=mb.get("segment_ids"), positions=mb.get("positions"),
                                  return_hidden=True,  # packed batches carry segment ids and positions
                                  rngs={"dropout": key})  # training-only dropout (LoRA dropout, abstractor)
-            return token_loss_sums(hidden, full["output"]["kernel"], mb["targets"], mb["loss_mask"], vocab_chunk)
+            return token_loss_sums(hidden, full["output"]["kernel"], mb["targets"], mb["loss_mask"], vocab_chunk,
+                                   position_chunk)
 
         (loss_sum, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(active)
         return grads, loss_sum, n

@@ -3,7 +3,8 @@
 `train(config, workdir)`:
   1. `jax.distributed` when several processes take part (`lav2_jax.train.multihost`), the `(data, fsdp, tensor)`
      mesh from `config.mesh`;
-  2. model, frozen base and trainable state on their shardings (`lav2_jax.train.state`), the data iterators;
+  2. model, frozen base and trainable state on their shardings (`lav2_jax.train.state`), the data iterators
+     (pipeline data: its tokenizer is first checked against the model's vocabulary, `train.data.check_tokenizer`);
   3. resume from the newest readable checkpoint in `<workdir>/checkpoints` when there is one (state, RNG, data
      iterators), or from step `resume_from`; an unreadable newer step is reported and moved aside
      (`Checkpointer.resume`);
@@ -35,7 +36,7 @@ import numpy as np
 from lav2_jax.train import multihost
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.checkpointing import Checkpointer
-from lav2_jax.train.data import make_data, next_batch
+from lav2_jax.train.data import check_tokenizer, make_data, next_batch
 from lav2_jax.train.logging import MetricsLogger, measure_matmul_peak, train_flops_per_token
 from lav2_jax.train.mesh import global_batch, mesh_from_config
 from lav2_jax.train.optimizer import TRAINABLE_GROUPS, group_learning_rates
@@ -164,6 +165,7 @@ def train(config, workdir: str, resume_from: Optional[int] = None) -> dict[str, 
     """
     multihost.initialize(config.get("distributed"))
     mesh = mesh_from_config(config.mesh)
+    check_tokenizer(config, state_lib.model_from_config(config.model))  # before any weight is loaded
     setup, state = state_lib.build(config, mesh)
     data = make_data(config, setup)
     fault = config.get("fault", {})
