@@ -41,8 +41,40 @@ def chunk_size(vocab: int, requested: int) -> int:
 
 
 def _logits(hidden: jax.Array, kernel: jax.Array) -> jax.Array:
-    """hidden [B, T, D] × kernel [D, C] → float32 logits [B, T, C] (inputs in the kernel's dtype)."""
-    return jnp.einsum("btd,dc->btc", hidden.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
+    """hidden [..., D] × kernel [D, C] → float32 logits [..., C] (inputs in the kernel's dtype)."""
+    return jnp.einsum("...d,dc->...c", hidden.astype(kernel.dtype), kernel, preferred_element_type=jnp.float32)
+
+
+def _lse_and_target(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """logits [..., V] float32, targets [...] → (log-sum-exp, target logit), each [...]."""
+    return jax.nn.logsumexp(logits, axis=-1), jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
+def _blocked_lse_and_target(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
+                            c: int) -> tuple[jax.Array, jax.Array]:
+    """`_lse_and_target` of hidden [..., D] @ kernel [D, V] without the [..., V] logits: a scan over V / c blocks
+    of c columns keeping a running (max, sum-exp, target logit) per token."""
+    n = kernel.shape[-1] // c
+    chunks = kernel.reshape(kernel.shape[0], n, c).transpose(1, 0, 2)  # [n, D, C]
+
+    @jax.checkpoint
+    def body(carry, xs):
+        m, s, tgt = carry
+        k, start = xs
+        logits = _logits(hidden, k)  # [..., C]
+        m_new = jnp.maximum(m, jax.lax.stop_gradient(logits.max(-1)))
+        s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
+        local = targets - start
+        inside = (local >= 0) & (local < c)
+        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, c - 1)[..., None], axis=-1)[..., 0]
+        tgt = tgt + jnp.where(inside, picked, 0.0)
+        return (m_new, s, tgt), None
+
+    shape = targets.shape
+    init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32))
+    starts = jnp.arange(n, dtype=targets.dtype) * c
+    (m, s, tgt), _ = jax.lax.scan(body, init, (chunks, starts))
+    return m + jnp.log(s), tgt
 
 
 def token_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, vocab_chunk: int = 0) -> jax.Array:
@@ -52,33 +84,9 @@ def token_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array
     """
     V = kernel.shape[-1]
     c = chunk_size(V, vocab_chunk)
-    if c == V:
-        logits = _logits(hidden, kernel)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return lse - tgt
-
-    n = V // c
-    chunks = kernel.reshape(kernel.shape[0], n, c).transpose(1, 0, 2)  # [n, D, C]
-    B, T = targets.shape
-
-    @jax.checkpoint
-    def body(carry, xs):
-        m, s, tgt = carry
-        k, start = xs
-        logits = _logits(hidden, k)  # [B, T, C]
-        m_new = jnp.maximum(m, jax.lax.stop_gradient(logits.max(-1)))
-        s = s * jnp.exp(m - m_new) + jnp.exp(logits - m_new[..., None]).sum(-1)
-        local = targets - start
-        inside = (local >= 0) & (local < c)
-        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, c - 1)[..., None], axis=-1)[..., 0]
-        tgt = tgt + jnp.where(inside, picked, 0.0)
-        return (m_new, s, tgt), None
-
-    init = (jnp.full((B, T), -jnp.inf, jnp.float32), jnp.zeros((B, T), jnp.float32), jnp.zeros((B, T), jnp.float32))
-    starts = jnp.arange(n, dtype=targets.dtype) * c
-    (m, s, tgt), _ = jax.lax.scan(body, init, (chunks, starts))
-    return m + jnp.log(s) - tgt
+    lse, tgt = _lse_and_target(_logits(hidden, kernel), targets) if c == V else _blocked_lse_and_target(
+        hidden, kernel, targets, c)
+    return lse - tgt
 
 
 def loss_positions_first(loss_mask: jax.Array, chunk: int) -> jax.Array:
@@ -100,9 +108,6 @@ def _head_blocks(h, kernel, t, m, c: int, want):
     dL/dkernel [D, V] f32), each only where `want` names it ("dh", "dk"); dL/dlogits = (softmax - onehot)·m."""
     D, V = kernel.shape
 
-    def logits_of(k):
-        return jnp.einsum("md,dc->mc", h.astype(k.dtype), k, preferred_element_type=jnp.float32)
-
     def grads(logits, k, start, lse):
         g = (jnp.exp(logits - lse[:, None]) - jax.nn.one_hot(t - start, logits.shape[-1], dtype=jnp.float32))
         g = (g * m[:, None]).astype(k.dtype)
@@ -111,37 +116,21 @@ def _head_blocks(h, kernel, t, m, c: int, want):
         return dh, dk
 
     if c == V:  # one block: the logits once
-        logits = logits_of(kernel)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        tgt = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+        logits = _logits(h, kernel)
+        lse, tgt = _lse_and_target(logits, t)
         return (jnp.sum((lse - tgt) * m),) + grads(logits, kernel, 0, lse)
+    lse, tgt = _blocked_lse_and_target(h, kernel, t, c)  # pass 1: log-sum-exp and target logits over the blocks
     blocks = kernel.reshape(D, V // c, c).transpose(1, 0, 2)  # [n, D, c]
     starts = jnp.arange(V // c, dtype=t.dtype) * c
 
-    def lse_body(carry, k):  # pass 1: running max and sum-exp over the blocks
-        mx, se = carry
-        logits = logits_of(k)
-        mx_new = jnp.maximum(mx, logits.max(-1))
-        return (mx_new, se * jnp.exp(mx - mx_new) + jnp.exp(logits - mx_new[:, None]).sum(-1)), None
-
-    (mx, se), _ = jax.lax.scan(lse_body, (jnp.full(t.shape, -jnp.inf, jnp.float32), jnp.zeros(t.shape, jnp.float32)),
-                               blocks)
-    lse = mx + jnp.log(se)
-
-    def body(acc, xs):
+    def body(dh_acc, xs):  # pass 2: the blocks again, now with the final lse
         k, start = xs
-        logits = logits_of(k)
-        local = t - start
-        inside = (local >= 0) & (local < c)
-        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, c - 1)[:, None], axis=-1)[:, 0]
-        dh, dk = grads(logits, k, start, lse)  # pass 2: the blocks again, now with the final lse
-        tg, dh_acc = acc
-        return (tg + jnp.where(inside, picked, 0.0), dh_acc if dh is None else dh_acc + dh), dk
+        dh, dk = grads(_logits(h, k), k, start, lse)
+        return (dh_acc if dh is None else dh_acc + dh), dk
 
-    init = (jnp.zeros(t.shape, jnp.float32), jnp.zeros((h.shape[0], D) if "dh" in want else (), jnp.float32))
-    (tg, dh), dk = jax.lax.scan(body, init, (blocks, starts))
+    (dh, dk) = jax.lax.scan(body, jnp.zeros((h.shape[0], D) if "dh" in want else (), jnp.float32), (blocks, starts))
     dk = None if "dk" not in want else dk.transpose(1, 0, 2).reshape(D, V)
-    return jnp.sum((lse - tg) * m), (dh if "dh" in want else None), dk
+    return jnp.sum((lse - tgt) * m), (dh if "dh" in want else None), dk
 
 
 def _over_loss_chunks(hidden, kernel, targets, mask, P: int, vocab_chunk: int, want=()):
