@@ -1,7 +1,8 @@
 """Tiny random checkpoints in each PyTorch source format, written by the tests themselves.
 
 References come from `transformers` (`LlamaForCausalLM`, `CLIPVisionModel`); the Meta / OpenAI / released layouts
-are derived from their state dicts with the key maps of DESIGN.md §4 (Meta q/k rows in the interleaved RoPE order).
+are derived from their state dicts by the key maps below. Meta q/k rows are put in the interleaved RoPE order by
+`meta_row_order`, an index permutation written here from the two conventions (nothing from `lav2_jax`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import os
 
 import numpy as np
 import torch
-
-from lav2_jax.checkpoint.convert.ops import half_to_meta
 
 LINEAR_AXIS = {"wq": 0, "wk": 0, "wv": 0, "wo": 1, "w1": 0, "w2": 1, "w3": 0}
 HF_NAMES = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
@@ -52,8 +51,24 @@ def hf_logits(model, tokens) -> np.ndarray:
         return model(torch.as_tensor(np.array(tokens), dtype=torch.long)).logits.float().numpy()
 
 
+def meta_row_order(n_heads: int, head_dim: int) -> np.ndarray:
+    """Row indices `order` with `w_meta = w_hf[order]` for a q or k projection of `n_heads` heads (kv heads for k).
+
+    RoPE rotates pairs of a head's dims by the angle pos · theta^(-2i/head_dim), i < head_dim/2. Meta's checkpoints
+    hold pair i in adjacent rows (2i: real part, 2i+1: imaginary part, a complex number per pair); Hugging Face's
+    (`rotate_half`) hold it half a head apart (i and i + head_dim/2). So Meta row h·hd + 2i + c is HF row
+    h·hd + c·hd/2 + i, head by head.
+    """
+    order = []
+    for h in range(n_heads):
+        for i in range(head_dim // 2):
+            order.append(h * head_dim + i)  # first member of pair i (real part)
+            order.append(h * head_dim + head_dim // 2 + i)  # its rotation partner (imaginary part)
+    return np.asarray(order)
+
+
 def meta_state_dict(hf_model, config, dtype=torch.float32) -> dict:
-    """The Meta-layout state dict (q/k rows interleaved) of an HF Llama."""
+    """The Meta-layout state dict (q/k rows interleaved by `meta_row_order`) of an HF Llama."""
     sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
     out = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"],
            "output.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
@@ -63,7 +78,7 @@ def meta_state_dict(hf_model, config, dtype=torch.float32) -> dict:
             w = sd[pre + hf + ".weight"]
             if name in ("wq", "wk"):
                 n = config.n_heads if name == "wq" else config.kv_heads
-                w = torch.from_numpy(np.ascontiguousarray(half_to_meta(w.numpy(), n)))
+                w = w[torch.as_tensor(meta_row_order(n, config.dim // config.n_heads))]
             group = "attention" if name.startswith("w") and name in ("wq", "wk", "wv", "wo") else "feed_forward"
             out[f"layers.{i}.{group}.{name}.weight"] = w
         out[f"layers.{i}.attention_norm.weight"] = sd[pre + "input_layernorm.weight"]

@@ -98,3 +98,45 @@ def hf_llama_to_params(state_dict: dict, n_layers: int) -> dict:
         "norm": {"scale": jnp.asarray(t("model.norm.weight"))},
         "output": {"kernel": jnp.asarray(t(lm_head).T)},
     }
+
+
+def hand_splice(table, tokens, visual, image_token_id: int) -> np.ndarray:
+    """Decoder input embeddings of a spliced prompt, built by hand (numpy; not `lav2_jax.model.splice`).
+
+    table [V, D]; tokens [B, T]; visual [B, N, n_tok, D] (image j of row b: visual[b, j]). Row b's text tokens are
+    looked up in the table; walking the row left to right, its k-th placeholder receives token k % n_tok of image
+    k // n_tok."""
+    table, tokens, visual = np.asarray(table), np.asarray(tokens), np.asarray(visual)
+    B, T = tokens.shape
+    n_tok = visual.shape[2]
+    x = np.zeros((B, T, table.shape[1]), table.dtype)
+    for b in range(B):
+        k = 0
+        for t in range(T):
+            if tokens[b, t] == image_token_id:
+                x[b, t] = visual[b, k // n_tok, k % n_tok]
+                k += 1
+            else:
+                x[b, t] = table[tokens[b, t]]
+    return x
+
+
+def logits_from_embeddings(model, params: dict, x) -> np.ndarray:
+    """Logits [B, T, V] of `model`'s language model run on input embeddings x [B, T, D] (`hand_splice`).
+
+    The decoder takes token ids only, so it runs as a text-only copy whose vocabulary gains B·T rows holding x (row
+    V + b·T + t = x[b, t]) and whose head gains B·T zero columns (dropped); the vision tower and projector are left
+    out, so nothing of the model's own splice runs."""
+    x = np.asarray(x)
+    B, T, D = x.shape
+    V = model.config.vocab_size
+    text = build_model(model.config.replace(vocab_size=V + B * T), model.adapter.replace(splice=None))
+    flat = {k: v for k, v in traverse_util.flatten_dict(unbox(params)).items()
+            if k[0] in ("tok_embeddings", "layers", "norm", "output") or k[0].startswith("layers_")}
+    table = flat[("tok_embeddings", "embedding")]
+    flat[("tok_embeddings", "embedding")] = jnp.concatenate([table, jnp.asarray(x.reshape(B * T, D), table.dtype)])
+    kernel = flat[("output", "kernel")]
+    flat[("output", "kernel")] = jnp.concatenate([kernel, jnp.zeros((D, B * T), kernel.dtype)], axis=1)
+    ids = V + np.arange(B * T, dtype=np.int32).reshape(B, T)
+    logits = jax.jit(text.apply)({"params": traverse_util.unflatten_dict(flat)}, jnp.asarray(ids))
+    return np.asarray(logits)[..., :V]

@@ -1,5 +1,6 @@
-"""Causal attention in query blocks (`ModelConfig.attention="blocked"`, `lav2_jax.model.blocked_attention`) equals
-the plain XLA attention: the core on packed rows (values and gradients), and the whole tiny model's logits."""
+"""Causal attention in query blocks (`ModelConfig.attention="blocked"`, `lav2_jax.model.blocked_attention`): the core
+on packed rows equals attention written from its definition (`tests.attention_reference`: float64 masks, softmax
+and its derivative; values and gradients), and the whole tiny model's logits equal the plain XLA attention's."""
 
 import chex
 import jax
@@ -9,51 +10,46 @@ import numpy as np
 from lav2_jax import presets
 from lav2_jax.model import blocked_attention
 from lav2_jax.model.factory import build_model, init_params
-from lav2_jax.model.segments import causal_mask, segment_positions
+from lav2_jax.model.segments import segment_positions
+from tests import attention_reference as ref
 from tests.model_utils import perturb_adapters
 
 TINY = presets.get_model("tiny")
 
 
-def _plain(q, k, v, positions, segment_ids):
-    """The full-T × T reference: the XLA branch of `lav2_jax.model.attention.Attention`."""
-    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(causal_mask(positions, positions, segment_ids, segment_ids), scores,
-                       jnp.finfo(jnp.float32).min)
-    return jnp.einsum("BKGTS,BSKH->BTKGH", jax.nn.softmax(scores, axis=-1), v)
-
-
-def _packed_ids(B=2, T=20):
-    """Segment ids of packed rows (three samples and a padding tail; one row without padding)."""
-    seg = np.zeros((B, T), np.int32)
+def _packed_ids(B=3, T=20):
+    """Segment ids of packed rows: three samples and a padding tail; two samples filling the row; padding before
+    two samples (keys a real query must not see even though they come earlier)."""
+    seg = np.zeros((3, T), np.int32)
     seg[0, :7], seg[0, 7:15], seg[0, 15:18] = 1, 2, 3
     seg[1, :11], seg[1, 11:] = 1, 2
-    return jnp.asarray(seg)
+    seg[2, 3:12], seg[2, 12:] = 1, 2
+    return jnp.asarray(seg[:B])
 
 
-def test_blocked_core_equals_plain_on_packed_rows():
-    B, T, K, G, H = 2, 20, 2, 2, 8
+def test_blocked_core_equals_reference_on_packed_rows():
+    B, T, K, G, H = 3, 20, 2, 2, 8
     kq, kk, kv, kc = jax.random.split(jax.random.PRNGKey(0), 4)
     q = jax.random.normal(kq, (B, T, K, G, H))
     k, v = jax.random.normal(kk, (B, T, K, H)), jax.random.normal(kv, (B, T, K, H))
     cot = jax.random.normal(kc, (B, T, K, G, H))
     seg = _packed_ids(B, T)
-    pos = segment_positions(seg)
-    for ids, positions in ((seg, pos), (None, jnp.broadcast_to(jnp.arange(T), (B, T)))):
-        def loss(fn, q, k, v):
-            return jnp.sum(fn(q, k, v) * cot)
+    np.testing.assert_array_equal(segment_positions(seg), ref.positions(seg))  # restarts at every segment
+    unpacked = np.ones((B, T), np.int32)
+    for ids, pos, mask, real in ((seg, ref.positions(seg), ref.allowed(seg), np.asarray(seg) != 0),
+                                 (None, ref.positions(unpacked), ref.allowed(unpacked), unpacked > 0)):
+        def blocked(q, k, v, ids=ids, pos=jnp.asarray(pos, jnp.int32)):
+            return blocked_attention.blocked_causal_attention(q, k, v, pos, ids, block=8)  # blocks of 8, 8, 4
 
-        def blocked(q, k, v):
-            return blocked_attention.blocked_causal_attention(q, k, v, positions, ids, block=8)
-
-        def plain(q, k, v):
-            return _plain(q, k, v, positions, ids)
-
-        chex.assert_shape(blocked(q, k, v), (B, T, K, G, H))
-        chex.assert_trees_all_close(blocked(q, k, v), plain(q, k, v), atol=1e-5)  # blocks of 8, 8, 4
-        g_b = jax.grad(lambda *a: loss(blocked, *a), argnums=(0, 1, 2))(q, k, v)
-        g_p = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
-        chex.assert_trees_all_close(g_b, g_p, atol=1e-5)
+        out = blocked(q, k, v)
+        chex.assert_shape(out, (B, T, K, G, H))
+        chex.assert_tree_all_finite(out)  # padding rows too: they must not poison the backward pass
+        np.testing.assert_allclose(np.asarray(out)[real], ref.attention(q, k, v, mask)[real], atol=1e-5, rtol=0)
+        d_out = cot * real[:, :, None, None, None]  # the loss reads real tokens only
+        got = jax.grad(lambda *a: jnp.sum(blocked(*a) * d_out), argnums=(0, 1, 2))(q, k, v)
+        for g, want in zip(got, ref.attention_vjp(q, k, v, mask, d_out)):
+            np.testing.assert_allclose(g, want, atol=1e-5, rtol=0)
+        chex.assert_tree_all_finite(jax.grad(lambda *a: jnp.sum(blocked(*a) * cot), argnums=(0, 1, 2))(q, k, v))
 
 
 def test_blocked_model_logits_equal_xla(monkeypatch):
@@ -63,7 +59,7 @@ def test_blocked_model_logits_equal_xla(monkeypatch):
     blocked = build_model(TINY.replace(attention="blocked"), adapter, None)
     params = perturb_adapters(init_params(xla, jax.random.PRNGKey(1)), scale=0.5)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 20), 3, TINY.vocab_size)
-    seg = _packed_ids()
+    seg = _packed_ids(B=2)
     for kw in ({}, {"segment_ids": seg}):
         want = xla.apply({"params": params}, tokens, **kw)
         got = blocked.apply({"params": params}, tokens, **kw)

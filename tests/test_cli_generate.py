@@ -72,11 +72,25 @@ def test_batch_file(ckpts, capsys, tmp_path):
     assert got == [{"prompt": r["prompt"], "output": w} for r, w in zip(rows, want)]
 
 
-def test_caption_expert_end_to_end(ckpts, capsys):
+def test_caption_expert_end_to_end(ckpts, capsys, monkeypatch):
+    from lav2_jax.inference import streaming
+
+    prompts, real = [], streaming.stream_text
+    monkeypatch.setattr(streaming, "stream_text", lambda bundle, prompt, image=None, **kw: prompts.append(prompt)
+                        or real(bundle, prompt, image, **kw))
     rc, out, err = run_cli(capsys, "generate", "--ckpt", ckpts["vision"], "--image", ckpts["image"],
                            "--prompt", "what is it", "--expert", "caption", *GREEDY)
     assert rc == 0, err
-    assert out.endswith("\n")
+    # The expert's caption: the model's own greedy continuation of the caption prompt (64 new tokens at most, the
+    # expert's default), stripped; it fills the Input field, and the model still sees the image.
+    bundle = load_pretrained(ckpts["vision"])
+    pixels = preprocess(ckpts["image"], 32, bundle.channel_order)
+    caption = generate(bundle, [templates.caption_prompt()], [pixels], max_new_tokens=64, temperature=0).texts[0]
+    caption = caption.strip()
+    assert caption, "the tiny model's caption is blank: the Input field would not be exercised"
+    prompt = templates.alpaca("what is it", input=caption)
+    assert prompts == [prompt] and f"### Input:\n{caption}\n\n### Response:" in prompt
+    assert out == generate(bundle, [prompt], [pixels], max_new_tokens=6, temperature=0).texts[0] + "\n"
 
 
 @pytest.mark.parametrize("case, argv, message", [

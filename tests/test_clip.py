@@ -136,7 +136,12 @@ def test_bf16_weights_and_compute():
     assert tokens.dtype == jnp.bfloat16
     ref = jax.jit(CLIPVisionTower(TINY).apply)({"params": jax.tree.map(lambda x: x.astype(jnp.float32), params)},
                                                _images())
-    np.testing.assert_allclose(np.asarray(tokens, np.float32), np.asarray(ref), atol=0.1, rtol=0.05)
+    # bf16 compute against the float32 forward of the same (bf16-rounded) weights: no float32 bound applies. The
+    # tokens (|y| < 3.4 here) carry the bf16 rounding of every layer; measured over 4 image seeds: max-abs
+    # 0.016–0.021, relative L2 error 0.47–0.53%. Bounds: 0.04 max-abs and 1% relative L2.
+    tokens, ref = np.asarray(tokens, np.float32), np.asarray(ref)
+    np.testing.assert_allclose(tokens, ref, rtol=0, atol=0.04)
+    assert np.linalg.norm(tokens - ref) / np.linalg.norm(ref) < 0.01
 
 
 def test_wrong_image_size_raises():

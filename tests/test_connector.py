@@ -110,8 +110,13 @@ def test_param_tree_layout_and_dtypes():
     variables = {"params": params}
     out = jax.jit(bf16.apply)(variables, _tokens())
     assert out.dtype == jnp.bfloat16
-    ref = jax.jit(VisualConnector(ADAPTER, OUT_DIM).apply)(variables, _tokens())
-    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=0.15)
+    ref = np.asarray(jax.jit(VisualConnector(ADAPTER, OUT_DIM).apply)(variables, _tokens()))
+    # bf16 compute against the float32 forward of the same weights: no float32 bound applies. The output is a
+    # LayerNorm (|y| < 3.3 here) rounded to bf16, whose spacing is 2^-6 ≈ 0.016 in [2, 4); measured over 4 input
+    # seeds: max-abs 0.0126–0.0145, relative L2 error 0.4%. Bounds: 2^-5 (two spacings) and 1%.
+    err = np.asarray(out, np.float32) - ref
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=0, atol=2 ** -5)
+    assert np.linalg.norm(err) / np.linalg.norm(ref) < 0.01
     init_shapes = jax.eval_shape(bf16.init, jax.random.key(0), jax.ShapeDtypeStruct((1, N_TOKENS, CLIP_DIM),
                                                                                      jnp.float32))
     assert {x.dtype for x in jax.tree.leaves(nn.unbox(init_shapes))} == {jnp.dtype(jnp.float32)}

@@ -1,10 +1,14 @@
 """`lav2 convert meta|hf|chat65b`: converted models reproduce torch references in float32.
 
-Proves: Meta single-file and 2-shard GQA checkpoints reproduce `LlamaForCausalLM` logits (max-abs ≤ 1e-5) and the
-2-shard conversion equals the single-file one bit-exactly; HF safetensors (sharded with an index, tied and untied)
-and `pytorch_model.bin` likewise; the 65B chat layout (input-side scales, biases, 2 model-parallel shards) matches
-an independent Meta-layout float64 reference with interleaved complex RoPE (proves the q/k bias permutation);
-`--weight-dtype bfloat16` stores frozen weights in bf16 and adapters in float32; the CLI entry point works.
+Proves: the Meta fixture is in Meta's layout (an interleaved-RoPE float64 torch forward on it reproduces
+`LlamaForCausalLM`, and does not without the row permutation); `meta_to_half` / `half_to_meta` equal the per-head
+index permutation between the interleaved and half-split RoPE orders (q with n_heads, GQA k with n_kv_heads, a bias
+vector), written in the test helpers from the two conventions; Meta single-file and 2-shard GQA checkpoints
+reproduce `LlamaForCausalLM` logits (max-abs ≤ 1e-5) and the 2-shard conversion equals the single-file one
+bit-exactly; HF safetensors (sharded with an index, tied and untied) and `pytorch_model.bin` likewise; the 65B chat
+layout (input-side scales, biases, 2 model-parallel shards) matches an independent Meta-layout float64 reference
+with interleaved complex RoPE (proves the q/k bias permutation); `--weight-dtype bfloat16` stores frozen weights in
+bf16 and adapters in float32; the CLI entry point works.
 """
 
 import jax
@@ -19,10 +23,11 @@ from lav2_jax import presets
 from lav2_jax.checkpoint.convert.chat65b import convert_chat65b
 from lav2_jax.checkpoint.convert.hf import convert_hf
 from lav2_jax.checkpoint.convert.meta import convert_meta
+from lav2_jax.checkpoint.convert.ops import half_to_meta, meta_to_half
 from lav2_jax.cli.main import main as cli_main
 from ckpt_utils import assert_trees_equal, write_sentencepiece
-from ckpt_writers import (add_chat_adapters, hf_llama, hf_logits, meta_forward, meta_state_dict, split_chat,
-                          write_hf, write_hf_bin, write_meta)
+from ckpt_writers import (add_chat_adapters, hf_llama, hf_logits, meta_forward, meta_row_order, meta_state_dict,
+                          split_chat, write_hf, write_hf_bin, write_meta)
 from model_utils import random_tokens
 
 CONFIG = presets.get_model("tiny").replace(n_layers=2, vocab_size=64)  # GQA: 4 heads, 2 kv heads
@@ -42,6 +47,35 @@ def hf_model():
 @pytest.fixture(scope="module")
 def tokens():
     return random_tokens(2, 11, CONFIG.vocab_size)
+
+
+def test_meta_fixture_is_in_the_interleaved_layout(hf_model, tokens):
+    """Two torch implementations, nothing from lav2_jax: complex RoPE on adjacent pairs (`meta_forward`) over the
+    fixture equals `rotate_half` RoPE (transformers) over the HF weights; with the q/k rows left in HF order it
+    does not, so the permutation is what makes them agree."""
+    np.testing.assert_array_equal(meta_row_order(2, 4), [0, 2, 1, 3, 4, 6, 5, 7])  # pairs (0, 2), (1, 3) per head
+    ref = hf_logits(hf_model, tokens)
+    sd = meta_state_dict(hf_model, CONFIG)
+    assert np.max(np.abs(meta_forward(sd, CONFIG, tokens) - ref)) <= TOL
+    hd = CONFIG.dim // CONFIG.n_heads
+    unpermuted = dict(sd)
+    for i in range(CONFIG.n_layers):
+        for name, n in (("wq", CONFIG.n_heads), ("wk", CONFIG.kv_heads)):
+            key = f"layers.{i}.attention.{name}.weight"
+            unpermuted[key] = sd[key][torch.as_tensor(np.argsort(meta_row_order(n, hd)))]
+    assert np.max(np.abs(meta_forward(unpermuted, CONFIG, tokens) - ref)) > 100 * TOL  # ~6e-3 at HF's 0.02 init
+
+
+@pytest.mark.parametrize("n_heads", [CONFIG.n_heads, CONFIG.kv_heads, 1], ids=["q", "gqa_k", "one_head"])
+def test_rope_row_permutations_equal_the_pairing(n_heads):
+    """`meta_to_half` (load) and `half_to_meta` (export) on weight rows and on a bias vector, exactly."""
+    hd = CONFIG.dim // CONFIG.n_heads
+    hf = np.arange(n_heads * hd * 3, dtype=np.float32).reshape(n_heads * hd, 3)  # every entry distinct
+    meta = hf[meta_row_order(n_heads, hd)]
+    np.testing.assert_array_equal(meta_to_half(meta, n_heads), hf)
+    np.testing.assert_array_equal(half_to_meta(hf, n_heads), meta)
+    np.testing.assert_array_equal(meta_to_half(meta[:, 1], n_heads), hf[:, 1])
+    np.testing.assert_array_equal(half_to_meta(hf[:, 1], n_heads), meta[:, 1])
 
 
 def test_meta_single_and_sharded(tmp_path, hf_model, tokens):

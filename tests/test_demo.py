@@ -13,6 +13,7 @@ from lav2_jax.cli.main import main
 from lav2_jax.demo import scenes as sc
 from lav2_jax.demo.report import CONDITIONS
 from lav2_jax.demo.run import QUICK_TRAIN_STEPS
+from lav2_jax.eval import heldout
 from lav2_jax.model.factory import build_model, init_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,6 +24,12 @@ def demo_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
     assert main(["demo", "--quick", "--workdir", str(workdir)]) == 0
     return workdir
+
+
+def _predictions(demo_dir, condition: str) -> dict:
+    """The held-out evaluation's prediction records of one condition, by id."""
+    with open(demo_dir / "eval" / condition / "predictions.jsonl") as f:
+        return {r["id"]: r for r in map(json.loads, f)}
 
 
 @pytest.mark.slow
@@ -45,9 +52,19 @@ def test_demo_quick_report(demo_dir):
     # gates off (measured: 0.781 vs 0.354; colour 0.74, shape 0.46, count 0.93, position 1.00).
     assert h["trained"]["caption_accuracy"] >= h["gates_off"]["caption_accuracy"] + 0.3
     assert h["trained"]["vqa_accuracy"] > h["gates_off"]["vqa_accuracy"]
+    # Every figure is the scoring of the predictions on disk, and report.md's table shows report.json's figures.
+    data = heldout.load_heldout(demo_dir / "data" / "heldout.json")
+    for cond in ("trained", "gates_off", "untrained"):
+        assert h[cond] == heldout.score(data, _predictions(demo_dir, cond)), cond
+    assert h["chance"] == heldout.chance_metrics(data)
+    table = {}
+    for line in (demo_dir / "report.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 1 + len(CONDITIONS) and cells[0] in h["trained"]:
+            table[cells[0]] = cells[1:]
+    assert table == {m: [f"{h[c][m]:.3f}" for c in CONDITIONS] for m in h["trained"]}
     png = (demo_dir / "report.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 10_000
-    assert "caption_accuracy" in (demo_dir / "report.md").read_text()
     rows = [json.loads(line) for line in open(demo_dir / "train" / "metrics.jsonl")]
     # The exported checkpoint is the run's last step (not the first one, which the save interval also keeps).
     assert os.listdir(demo_dir / "train" / "checkpoints") == [str(QUICK_TRAIN_STEPS)]
@@ -60,9 +77,14 @@ def test_demo_checkpoint_generates(demo_dir, capsys):
     image = demo_dir / "data" / "images" / "heldout" / "0.png"
     capsys.readouterr()
     assert main(["generate", "--ckpt", str(demo_dir / "ckpt"), "--image", str(image), "--prompt",
-                 "Generate caption of this image", "--temperature", "0", "--max-new-tokens", "12"]) == 0
+                 "Generate caption of this image", "--temperature", "0", "--max-new-tokens",
+                 str(heldout.MAX_NEW_TOKENS)]) == 0
     out = capsys.readouterr().out
-    assert any(w in sc.words(out) for values in sc.ATTRIBUTES.values() for w in values)
+    # The same prompt, image and greedy decoding as the held-out evaluation's caption of scene 0 (run batched
+    # there): the same caption (measured: "one red square on the left", a red circle on the left), naming a value
+    # of every attribute in the caption grammar.
+    assert out.strip() == _predictions(demo_dir, "trained")["caption/0"]["prediction"].strip()
+    assert None not in sc.parse_caption(out).values()
 
 
 def test_checkpoint_without_tokenizer_is_a_user_error(tmp_path, capsys):

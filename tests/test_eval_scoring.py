@@ -1,7 +1,8 @@
 """Scoring of `lav2 eval` on hand-made predictions with known results, the resumable runner, and bad inputs.
 
 No model here: MME / ScienceQA breakdowns are checked against numbers worked out by hand, caption metrics against
-pycocoevalcap's scorers called directly on the same inputs, the runner with a stand-in predictor.
+pycocoevalcap's scorers called directly on the tokens of pycocoevalcap's Java PTB tokenizer (which is also the
+reference for our no-Java tokenizer), the runner with a stand-in predictor.
 """
 
 import contextlib
@@ -93,33 +94,74 @@ def _direct(gts, res, meteor=None):
     return out
 
 
-def test_caption_metrics_equal_pycocoevalcap_python_tokenizer():
+# pycocoevalcap's PTBTokenizer (Java, Stanford CoreNLP 3.4.1) on CAPTIONS, recorded: the reference for the
+# pure-Python tokenizer where Java is missing (with Java, `test_python_tokenizer_equals_java_ptb` rechecks it live).
+PTB_CAPTIONS = ["a man riding a wave on top of a surfboard", "the dog 's ball is n't red it 's blue",
+                "two black-and-white cats -lrb- on a sofa -rrb- at 3:30 p.m.",
+                "a stop sign next to 1,000 cars costs $ 5",
+                "the players jerseys white/blue", "u.s. flag on a pole", "they 're eating pizza are n't they",
+                "a -lsb- red -rsb- -lcb- car -rcb-", "a dog a cat and a bird", "it is 5 o'clock"]
+NEEDS_JAVA = pytest.mark.skipif(not JAVA, reason="pycocoevalcap's PTB tokenizer and METEOR need Java "
+                                "(java not on PATH; Debian: apt-get install default-jre-headless)")
+
+
+@pytest.fixture(scope="module")
+def ptb():
+    """pycocoevalcap's Java PTBTokenizer on REFS, PREDS and CAPTIONS in one JVM run: (gts, res, captions)."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    out = PTBTokenizer().tokenize({**{("ref", k): [{"caption": c} for c in v] for k, v in REFS.items()},
+                                   **{("pred", k): [{"caption": v}] for k, v in PREDS.items()},
+                                   **{("cap", i): [{"caption": c}] for i, c in enumerate(CAPTIONS)}})
+    return ({k: out[("ref", k)] for k in REFS}, {k: out[("pred", k)] for k in PREDS},
+            [out[("cap", i)][0] for i in range(len(CAPTIONS))])
+
+
+def _spice_reason():
+    """What caption_scores must report for SPICE here: pycocoevalcap ships without the Stanford CoreNLP 3.6.0
+    jars (it downloads them on first use, which this tool never does), so SPICE is skipped, saying where they go."""
+    import pycocoevalcap
+
+    lib = os.path.join(list(pycocoevalcap.__path__)[0], "spice", "lib")
+    jars = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+    assert not any(os.path.exists(os.path.join(lib, j)) for j in jars), f"these tests expect no CoreNLP jars in {lib}"
+    return (f"needs the Stanford CoreNLP 3.6.0 jars (stanford-corenlp-3.6.0.jar, stanford-corenlp-3.6.0-models.jar) "
+            f"in {lib}; pycocoevalcap would download them, this tool does not (copy them there to enable SPICE)")
+
+
+def test_python_tokenizer_gives_the_recorded_ptb_tokens():
+    assert [caption_metrics.ptb_like_tokenize(c) for c in CAPTIONS] == PTB_CAPTIONS
+
+
+@NEEDS_JAVA
+def test_python_tokenizer_equals_java_ptb(ptb):
+    gts, res, captions = ptb
+    assert captions == PTB_CAPTIONS
+    assert {k: [caption_metrics.ptb_like_tokenize(c) for c in v] for k, v in REFS.items()} == gts
+    assert {k: [caption_metrics.ptb_like_tokenize(v)] for k, v in PREDS.items()} == res
+
+
+@NEEDS_JAVA
+def test_caption_metrics_python_tokenizer_equal_pycocoevalcap_on_ptb_tokens(ptb):
+    gts, res, _ = ptb
     metrics, info = caption_metrics.caption_scores(REFS, PREDS, "python", meteor=False)
-    gts = {k: [caption_metrics.ptb_like_tokenize(c) for c in v] for k, v in REFS.items()}
-    res = {k: [caption_metrics.ptb_like_tokenize(v)] for k, v in PREDS.items()}
-    want = _direct(gts, res)
-    assert metrics == pytest.approx(want, rel=0, abs=0)
-    assert info["tokenizer"].startswith("python") and set(info["skipped_metrics"]) == {"METEOR", "SPICE"}
+    assert metrics == pytest.approx(_direct(gts, res), rel=0, abs=0)
+    assert info == {"tokenizer": caption_metrics.TOKENIZER_NAMES["python"],
+                    "skipped_metrics": {"METEOR": "disabled (--no-meteor)", "SPICE": _spice_reason()}}
     assert metrics["CIDEr"] > 0 and 0 < metrics["BLEU_1"] <= 1
 
 
-@pytest.mark.skipif(not JAVA, reason="the PTB tokenizer and METEOR need Java")
-def test_caption_metrics_equal_pycocoevalcap_ptb_and_meteor():
+@NEEDS_JAVA
+def test_caption_metrics_equal_pycocoevalcap_ptb_and_meteor(ptb):
     from pycocoevalcap.meteor.meteor import Meteor
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    gts, res, _ = ptb
     meteor = Meteor()  # one METEOR JVM for both sides (it takes seconds to start)
     metrics, info = caption_metrics.caption_scores(REFS, PREDS, "auto", meteor_scorer=meteor)
-    tok = PTBTokenizer()
-    extra = {f"c{i}": [{"caption": c}] for i, c in enumerate(CAPTIONS)}  # tokenised in the same JVM run
-    gts = tok.tokenize({**{k: [{"caption": c} for c in v] for k, v in REFS.items()}, **extra})
-    res = tok.tokenize({k: [{"caption": v}] for k, v in PREDS.items()})
-    want = _direct({k: gts[k] for k in REFS}, res, meteor)
-    assert metrics == pytest.approx(want, rel=0, abs=0)
-    assert info["tokenizer"].startswith("ptb") and "METEOR" not in info["skipped_metrics"]
-    assert "SPICE" in metrics or "Stanford CoreNLP" in info["skipped_metrics"]["SPICE"]
-    # The documented fallback gives the PTB tokenizer's tokens on these captions.
-    assert [caption_metrics.ptb_like_tokenize(c) for c in CAPTIONS] == [gts[f"c{i}"][0] for i in range(len(CAPTIONS))]
+    assert metrics == pytest.approx(_direct(gts, res, meteor), rel=0, abs=0)
+    assert set(metrics) == {"BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr"}
+    assert info == {"tokenizer": caption_metrics.TOKENIZER_NAMES["ptb"], "skipped_metrics": {"SPICE": _spice_reason()}}
+    assert 0 < metrics["METEOR"] < 1
 
 
 def test_prediction_log_resumes_after_a_torn_line(tmp_path):

@@ -1,5 +1,7 @@
-"""Expert models (paper §4.4): the prompt composition, the expert registry, caption and OCR experts (faked I/O)."""
+"""Expert models (paper §4.4): the prompt composition, the expert registry, caption and OCR experts (faked I/O),
+and the OCR expert with the real `pytesseract` and Tesseract binary on a drawn sign."""
 
+import shutil
 import sys
 import types
 
@@ -95,3 +97,30 @@ def test_ocr_expert_text(monkeypatch, tmp_path):
     Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(path)
     assert OcrExpert()(str(path)) == "STOP slow"
     assert seen == [((50, 20), "eng")]
+
+
+def _real_tesseract() -> bool:
+    try:
+        import pytesseract  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("tesseract") is not None
+
+
+@pytest.mark.skipif(not _real_tesseract(), reason="needs pytesseract (the eval extra) and the tesseract binary "
+                    "(Debian: apt-get install tesseract-ocr)")
+def test_ocr_expert_reads_a_drawn_sign_into_the_prompt(tmp_path):
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=False), 56)
+    img = Image.new("RGB", (640, 220), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((30, 25), "LEMON TEA", fill="black", font=font)  # two lines: the expert joins them with one space
+    draw.text((30, 120), "open daily 42", fill="black", font=font)
+    path = tmp_path / "sign.png"
+    img.save(path)
+    expert = get_expert("ocr")
+    assert expert(str(path)) == "LEMON TEA open daily 42"
+    assert expert_prompt("What does the sign say?", str(path), expert) == templates.alpaca(
+        "What does the sign say?", input="LEMON TEA open daily 42")

@@ -5,7 +5,8 @@ the facts sheet on released-format tensors; the per-head `[q_h, k_h, v_h]` layou
 `[q; k; v]` (hand-checked permutation; the unpermuted weights give another answer); CLIP weights mapped with the
 re-order reproduce Hugging Face `CLIPVisionModel` (post-LN on every token) and our CLIP tower (`… @ proj`) when
 the eps agree; the abstractor's residual is taken from the *normed* queries; each image gives queries + 1 tokens
-(the last is `vit_eos`), written in place over its placeholders without changing the sequence length.
+(the last is `vit_eos`), written in place over its placeholders without changing the sequence length
+(the logits equal a hand splice run through a text-only copy of the decoder, `model_utils.hand_splice`).
 """
 
 import functools
@@ -27,6 +28,7 @@ from lav2_jax.model.factory import build_model, init_params
 from lav2_jax.model.owl import owl_splice
 from lav2_jax.model.owl_vision import OwlVisionModel, blocked_to_per_head, per_head_to_blocked
 from ckpt_writers import hf_clip, hf_llama, openai_clip_state_dict
+from model_utils import hand_splice, logits_from_embeddings
 from owl_writers import ABSTRACTOR, LLM, VISION, materialize, ref_abstractor, ref_vision, released_owl_state
 
 ATOL = 1e-5
@@ -157,8 +159,10 @@ def test_visual_tokens_spliced_in_place(released):
     assert logits.shape == (2, len(row), LLM.vocab_size)  # the sequence length is unchanged
     feats = _vision_apply()({"params": owl["owl_vision"]}, images)
     visual = VisualAbstractor(ABSTRACTOR, LLM.dim).apply({"params": owl["abstractor"]}, feats)
-    direct = model.apply({"params": params}, tokens, visual_tokens=visual[:, None])
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(direct), rtol=0, atol=ATOL)
+    # by hand: the row's text embeddings with image b's Q + 1 tokens written over its placeholders, in order
+    x = hand_splice(params["tok_embeddings"]["embedding"], tokens, np.asarray(visual)[:, None], pid)
+    np.testing.assert_array_equal(x[:, 3:3 + n_tok], np.asarray(visual))
+    np.testing.assert_allclose(np.asarray(logits), logits_from_embeddings(model, params, x), rtol=0, atol=ATOL)
     # causal: positions before <image> do not see the image; the row with another image differs after it
     np.testing.assert_allclose(np.asarray(logits[0, :3]), np.asarray(logits[1, :3]), rtol=0, atol=ATOL)
     assert np.abs(np.asarray(logits[0, 3:] - logits[1, 3:])).max() > 1e-3

@@ -87,18 +87,48 @@ def test_joint_step_changes_both_groups_and_nothing_frozen(joint):
     assert set(metrics) >= {"loss/caption", "loss/instruction", "grad_norm/caption", "grad_norm/instruction"}
 
 
+def opened(j, value=0.5):
+    """The fresh state with every gate open (zero-init gates give the connector and the adapter prompts zero
+    gradients) and the global step at the end of the warm-up, so the learning rate of the next step is the peak."""
+    warmup = {g: int(j.config.optim[g].warmup_steps) for g in optim.TRAINABLE_GROUPS}
+    rates = optim.group_learning_rates({g: dict(j.config.optim[g]) for g in optim.TRAINABLE_GROUPS},
+                                       int(j.config.total_steps), 1, max(warmup.values()))
+    assert min(rates.values()) > 0.01, rates  # a zero learning rate would let every parameter test pass
+    flat = traverse_util.flatten_dict(j.host_state["params"])
+    gates = [k for k in flat if k[-1] in ("gate", "visual_gate")]
+    assert {k[-1] for k in gates} == {"gate", "visual_gate"}
+    flat.update({k: np.full_like(flat[k], value) for k in gates})
+    return dict(j.host_state, params=traverse_util.unflatten_dict(flat), step=np.int32(max(warmup.values())))
+
+
 def test_each_loss_reaches_only_its_own_group(joint):
     """The caption loss's gradient would reach instruction leaves (they are in its forward pass): the step must
-    not let it. Joint step == caption-only step on the caption leaves, and == instruction-only step on the others."""
+    not let it. One step at the peak learning rate with every gate open: the caption-only step moves every caption
+    leaf and no other, the instruction-only step every instruction leaf and no other, and the joint step equals
+    the caption-only step on the caption leaves and the instruction-only step on the instruction leaves, bit for
+    bit (a joint step that summed both streams' gradients over both groups would differ on every leaf)."""
     step_j, step_c, step_i = stepper(joint, "joint"), stepper(joint, "pretrain"), stepper(joint, "finetune")
     b = joint.batches[0]
-    pj = leaves(jax.device_get(step_j(fresh(joint), joint.setup.frozen, b)[0]["params"]))
-    pc = leaves(jax.device_get(step_c(fresh(joint), joint.setup.frozen, {"caption": b["caption"]})[0]["params"]))
-    pi = leaves(jax.device_get(step_i(fresh(joint), joint.setup.frozen,
-                                      {"instruction": b["instruction"]})[0]["params"]))
-    labels = leaves(joint.setup.labels)
-    for k, g in labels.items():
-        np.testing.assert_array_equal(pj[k], (pc if g == "caption" else pi)[k], err_msg=k)
+    host = opened(joint)
+    put = lambda: jax.device_put(host, joint.setup.state_shardings)  # noqa: E731  (the step donates its state)
+    frozen_before = leaves(jax.device_get(joint.setup.frozen))
+    out = {"joint": step_j(put(), joint.setup.frozen, b),
+           "caption": step_c(put(), joint.setup.frozen, {"caption": b["caption"]}),
+           "instruction": step_i(put(), joint.setup.frozen, {"instruction": b["instruction"]})}
+    out = {k: jax.device_get(s) for k, (s, _) in out.items()}
+    before = by_group(joint, host["params"])
+    for g, other in (("caption", "instruction"), ("instruction", "caption")):
+        after = by_group(joint, out[g]["params"])
+        assert changed(before[g], after[g]) == set(before[g]), g  # every leaf of the trained group moved
+        assert not changed(before[other], after[other]), g  # ... and not one leaf of the other group
+        assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+            np.array_equal, host["opt_state"].inner_states[other], out[g]["opt_state"].inner_states[other]))
+        joint_after = by_group(joint, out["joint"]["params"])[g]
+        for k in before[g]:
+            np.testing.assert_array_equal(joint_after[k], after[g][k], err_msg=k)
+    assert set(leaves(out["joint"]["params"])) == set(leaves(joint.setup.labels))  # no frozen leaf is in the state
+    after_frozen = leaves(jax.device_get(joint.setup.frozen))
+    assert all(np.array_equal(frozen_before[k], after_frozen[k]) for k in frozen_before)
 
 
 def test_optimizer_state_holds_no_frozen_leaves(joint):
