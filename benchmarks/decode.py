@@ -73,7 +73,7 @@ def fp32(config):
 
 
 def bench_adapter(config):
-    from lav2_jax.config import AdapterConfig
+    from lav2_jax.core.config import AdapterConfig
 
     return AdapterConfig(linear_kind="bias_qo_ffn", norm_tuning=True, prompt_len=10,
                          prompt_layers=config.n_layers - 1, visual_fusion="none")
@@ -82,7 +82,7 @@ def bench_adapter(config):
 def worker_prep(a) -> dict:
     import jax
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint import save_pretrained
     from lav2_jax.checkpoint.export.hf import export_hf
     from lav2_jax.model.factory import build_model, init_params
@@ -98,7 +98,7 @@ def worker_ours(a) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.inference import engine
     from lav2_jax.model.factory import build_model, init_params
 

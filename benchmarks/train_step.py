@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 
 
 def model_config(name: str):
-    from lav2_jax import presets
+    from lav2_jax.core import presets
 
     return presets.get_model(PRESETS[name]).replace(weight_dtype="float32", dtype="float32")
 
@@ -162,9 +162,9 @@ def build_jax(name: str, mode: str = "equal", trainable: str = "all", layout: st
     if devices > 1:  # data parallel over host "devices" (one XLA program each, batch rows split between them)
         jax.config.update("jax_num_cpu_devices", devices)
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.model.factory import build_model
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
     from lav2_jax.train import state as state_lib
     from lav2_jax.train.defaults import base_config, group
 

@@ -27,7 +27,7 @@ and batches are set by
 
 from lav2_jax.demo.systems import stage_base_config
 from lav2_jax.train.defaults import group
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 STEPS = 300
 WARMUP = 10

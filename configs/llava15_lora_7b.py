@@ -12,7 +12,7 @@ cosine, weight decay 0, max length 2048, AdamW β 0.9/0.999, clip 1.0, bf16; `gr
 """
 
 from lav2_jax.train.defaults import pod_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 SAMPLES, BATCH = 665298, 128
 

@@ -24,7 +24,7 @@ an image, so there is no modality grouping (stage 2 has it).
 """
 
 from lav2_jax.train.defaults import pod_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 SAMPLES, BATCH = 558128, 256
 

@@ -16,7 +16,7 @@ float32 master copies and AdamW moments, FSDP-sharded like the weights (the orig
 """
 
 from lav2_jax.train.defaults import pod_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 SAMPLES, BATCH = 665298, 128
 

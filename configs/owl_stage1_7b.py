@@ -14,7 +14,7 @@ bf16 and trained through float32 master copies.
 """
 
 from lav2_jax.train.defaults import group, pod_config
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 
 def get_config():

@@ -15,7 +15,7 @@ passed to the Trainer).
 """
 
 from lav2_jax.train.defaults import group, pod_config
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 
 def get_config():

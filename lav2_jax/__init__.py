@@ -1,7 +1,7 @@
 """lav2_jax: LLaMA-Adapter V2 (arXiv 2304.15010) in JAX/Flax Linen."""
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
-from lav2_jax import presets
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core import presets
 
 __all__ = ["AdapterConfig", "ModelConfig", "VisionConfig", "presets", "load_pretrained", "generate", "encode_images",
            "next_token_logits"]

@@ -15,8 +15,8 @@ import os
 import numpy as np
 import torch
 
-from lav2_jax import presets
-from lav2_jax.config import AbstractorConfig, VisionConfig
+from lav2_jax.core import presets
+from lav2_jax.core.config import AbstractorConfig, VisionConfig
 
 VISION = VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_ratio=2.0, output_dim=32,
                       layer_norm_eps=1e-6, weight_dtype="float32", dtype="float32")

@@ -4,7 +4,7 @@
 import pytest
 
 from generate_helpers import CharTokenizer, tiny_bundle
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.inference import PromptTooLong
 from lav2_jax.inference.chat import ChatSession
 from lav2_jax.inference.streaming import TextStreamer

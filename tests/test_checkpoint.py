@@ -21,7 +21,7 @@ import pytest
 from flax import traverse_util
 
 import lav2_jax
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import items as items_mod
 from lav2_jax.checkpoint import load_adapter, read_config, save_adapter, save_pretrained
 from lav2_jax.checkpoint.pretrained import adapter_mask
@@ -156,7 +156,7 @@ def test_restore_onto_mesh(tmp_path):
         import jax, flax.linen as nn
         from flax import traverse_util
         import lav2_jax
-        from lav2_jax.sharding import make_mesh, logical_shardings
+        from lav2_jax.core.sharding import make_mesh, logical_shardings
         from lav2_jax.model.factory import abstract_params
         mesh = make_mesh(data=1, fsdp=2, tensor=2)
         b = lav2_jax.load_pretrained({out!r}, mesh=mesh)
@@ -181,7 +181,7 @@ def test_unstacked_layout_loads_each_layer_once_with_the_same_logits(tmp_path):
     from generate_helpers import CharTokenizer
     from lav2_jax.inference import generate
     from lav2_jax.model.factory import unstack_layers
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
 
     model = _model()
     params = _params(model)

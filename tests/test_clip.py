@@ -13,7 +13,7 @@ from absl.testing import absltest
 from ckpt_writers import hf_clip
 
 from lav2_jax.model.clip import CLIPVisionTower
-from lav2_jax.presets import get_vision
+from lav2_jax.core.presets import get_vision
 
 TINY = get_vision("tiny")
 BATCH = 2

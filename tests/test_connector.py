@@ -11,8 +11,8 @@ import pytest
 from absl.testing import absltest
 from scipy.special import erf
 
-from lav2_jax.config import AdapterConfig
-from lav2_jax.model.connector import VisualConnector
+from lav2_jax.core.config import AdapterConfig
+from lav2_jax.systems.lav2.connector import VisualConnector
 
 # CLIP output_dim 24 ≠ v_width 32, so clip_proj really changes width.
 ADAPTER = AdapterConfig(query_len=5, v_depth=2, v_width=32, v_num_heads=4, v_mlp_ratio=4.0)

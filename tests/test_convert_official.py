@@ -16,9 +16,9 @@ import torch
 from flax import traverse_util
 
 import lav2_jax
-from lav2_jax import presets
-from lav2_jax.checkpoint.convert.official import convert_official
-from lav2_jax.checkpoint.export.official import export_official
+from lav2_jax.core import presets
+from lav2_jax.systems.lav2.convert_official import convert_official
+from lav2_jax.systems.lav2.export_official import export_official
 from lav2_jax.cli.main import main as cli_main
 from ckpt_writers import hf_clip, hf_llama, write_official_inputs
 from model_utils import random_tokens

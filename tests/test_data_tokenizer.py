@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.data import samples
 from lav2_jax.data.testing import train_sentencepiece
 from lav2_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, encode_segments, load_tokenizer

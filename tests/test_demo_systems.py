@@ -4,10 +4,10 @@ the tiny run of the comparison itself is in tests/test_demo.py (it reuses that m
 import chex
 import jax
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.demo import system_inits
 from lav2_jax.model.clip import CLIPVisionTower
-from lav2_jax.model.owl_vision import OwlVisionModel
+from lav2_jax.systems.owl.vision import OwlVisionModel
 
 
 def test_clip_tower_to_owl_vision_layout():

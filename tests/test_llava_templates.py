@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from lav2_jax import conversation_templates as ct
+from lav2_jax.systems.llava import conversation as ct
 from lav2_jax.cli.main import main as lav2_main
-from lav2_jax.data import llava_samples
+from lav2_jax.systems.llava import samples as llava_samples
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
 from lav2_jax.data.testing import train_sentencepiece, write_image
 
@@ -228,7 +228,8 @@ def test_pad_to_square_fills_mean_colour():
 
 
 def test_inference_prompts_of_a_llava_checkpoint_use_vicuna_v1():
-    from lav2_jax import presets, system_templates
+    from lav2_jax.core import presets
+    from lav2_jax.inference import prompts as system_templates
 
     adapter = presets.get_adapter("llava15")
     assert adapter.system == "llava"

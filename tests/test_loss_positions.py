@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax.sharding import LOGICAL_RULES, make_mesh
+from lav2_jax.core.sharding import LOGICAL_RULES, make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train import step as step_lib
 from lav2_jax.train.defaults import base_config
@@ -68,7 +68,7 @@ def test_equals_whole_row_loss_and_gradients_under_jit(inputs, vocab_chunk):
 
 def test_train_step_equal_with_and_without_position_chunks():
     """One step of the tiny text model on rows with prompts, responses and padding: same loss and parameters."""
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.model.factory import build_model
 
     cfg = presets.get_model("tiny")

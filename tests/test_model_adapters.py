@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model.adapted_dense import AdaptedDense
 from lav2_jax.model.attention import Attention
 from model_utils import TINY, perturb_adapters, unbox

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from model_utils import perturb_adapters, random_tokens, tiny, visual_kwargs
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lav2_jax import owl_templates as ot
+from lav2_jax.systems.owl import templates as ot
 from lav2_jax.cli.main import main as lav2_main
 from lav2_jax.data import images
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
@@ -169,7 +169,9 @@ def test_augment_false_gives_the_evaluation_resize(built, tok):
 def test_system_prompt_dispatch():
     """Front ends render prompts per system: Owl's Human/AI format (with `<image>` when an image is given),
     LLaMA-Adapter V2's Alpaca / ### formats unchanged; the benchmarks' Alpaca prompts are re-rendered for Owl."""
-    from lav2_jax import presets, system_templates as st, templates
+    from lav2_jax.core import presets
+    from lav2_jax.inference import prompts as st
+    from lav2_jax.core import templates
 
     owl, lav2 = presets.get_adapter("owl"), presets.get_adapter("paper")
     assert st.instruction_prompt(owl, "Is it red?", image=True) == ot.prompt("Is it red?", image=True)

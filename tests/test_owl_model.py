@@ -18,14 +18,14 @@ import torch
 from flax import traverse_util
 
 from lav2_jax.checkpoint.convert.clip import clip_plan, open_clip
-from lav2_jax.checkpoint.convert.owl import abstractor_plan, clip_owl_plan, owl_vision_plan
+from lav2_jax.systems.owl.convert import abstractor_plan, clip_owl_plan, owl_vision_plan
 from lav2_jax.checkpoint.convert.sources import TensorFile
-from lav2_jax.config import AdapterConfig
-from lav2_jax.model.abstractor import VisualAbstractor
+from lav2_jax.core.config import AdapterConfig
+from lav2_jax.systems.owl.abstractor import VisualAbstractor
 from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.model.factory import build_model, init_params
-from lav2_jax.model.owl import owl_splice
-from lav2_jax.model.owl_vision import OwlVisionModel, blocked_to_per_head, per_head_to_blocked
+from lav2_jax.systems.owl.visual import owl_splice
+from lav2_jax.systems.owl.vision import OwlVisionModel, blocked_to_per_head, per_head_to_blocked
 from ckpt_writers import hf_clip, hf_llama, openai_clip_state_dict
 from owl_writers import ABSTRACTOR, LLM, VISION, materialize, ref_abstractor, ref_vision, released_owl_state
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from ckpt_utils import random_params
-from lav2_jax import presets
-from lav2_jax.config import SpliceConfig
-from lav2_jax.data import builder, llava_samples
+from lav2_jax.core import presets
+from lav2_jax.core.config import SpliceConfig
+from lav2_jax.data import builder
+from lav2_jax.systems.llava import samples as llava_samples
 from lav2_jax.data.packing import DROPPED_KEY, Packer
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
 from lav2_jax.data.testing import train_sentencepiece, write_image, write_jsonl

@@ -3,8 +3,8 @@
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets
 from lav2_jax.model.factory import abstract_params, build_model
 from model_utils import TINY
 

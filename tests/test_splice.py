@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ckpt_utils import random_params, write_sentencepiece
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint.layout import CheckpointConfig
-from lav2_jax.config import AdapterConfig, SpliceConfig
+from lav2_jax.core.config import AdapterConfig, SpliceConfig
 from lav2_jax.data.image_prompt import ImagePromptTokenizer
 from lav2_jax.data.tokenizer import load_tokenizer
 from lav2_jax.model import splice

@@ -14,7 +14,7 @@ STEPS = 6
 
 SHARDED_SCRIPT = r"""
 import json, sys, jax, numpy as np
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.data import make_data
 from lav2_jax.train.mesh import global_batch

@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax.sharding import LOGICAL_RULES, make_mesh
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core.sharding import LOGICAL_RULES, make_mesh
 from lav2_jax.train import loss as loss_lib
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import state as state_lib

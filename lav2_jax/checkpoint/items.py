@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from lav2_jax.param_groups import path_str
+from lav2_jax.core.param_groups import path_str
 
 
 class CheckpointReadError(ValueError):

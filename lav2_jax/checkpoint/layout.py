@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any, Optional
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

@@ -6,7 +6,7 @@
       adapter item only; config.json records `base`, so `load_pretrained(out_dir)` finds the frozen weights.
   load_pretrained(path, mesh=None, dtype=None, adapter=None, layout="scanned") -> Bundle(model, params, tokenizer,
                   config)
-      every leaf restored straight onto its NamedSharding (`lav2_jax.sharding.logical_shardings`) when a mesh is
+      every leaf restored straight onto its NamedSharding (`lav2_jax.core.sharding.logical_shardings`) when a mesh is
       given, else onto the first device. `dtype="float32"` stores and computes everything in float32.
       `adapter=DIR` overlays an adapter item saved separately (its adapter/vision config wins). A tokenizer with
       more pieces than the model's vocab_size is a `lav2_jax.data.tokenizer.VocabularyError`, before any weight is read.
@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from lav2_jax.checkpoint.atomic import atomic_directory
 from lav2_jax.checkpoint.items import item_shapes, restore_item, save_item
 from lav2_jax.checkpoint.layout import (ADAPTER_ITEM, ADAPTER_RECIPE, BASE_ITEM, TOKENIZER_DIR, CheckpointConfig,
@@ -174,7 +174,7 @@ def target_structs(model, mesh=None, boxed=None) -> dict[tuple, jax.ShapeDtypeSt
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = {k: device for k in shapes}
     else:
-        from lav2_jax.sharding import logical_shardings
+        from lav2_jax.core.sharding import logical_shardings
         shardings = traverse_util.flatten_dict(logical_shardings(boxed, mesh))
     return {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shardings[k]) for k, s in shapes.items()}
 

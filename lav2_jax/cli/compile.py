@@ -19,7 +19,7 @@ import json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="a `lav2 train` config file: compile its training step")
-    p.add_argument("--model", default=None, help="model preset (lav2_jax.presets): compile a forward pass")
+    p.add_argument("--model", default=None, help="model preset (lav2_jax.core.presets): compile a forward pass")
     p.add_argument("--adapter", default="none", help="adapter preset")
     p.add_argument("--vision", default=None, help="vision preset for visual adapters (default vit-l-14; the "
                    "system's tower for llava / owl presets, as in `lav2 info`)")
@@ -89,7 +89,7 @@ def run(args) -> int:
 
 
 def _train_step(args) -> dict:
-    from lav2_jax import aot
+    from lav2_jax.train import aot
     from lav2_jax.train.step import recipe_streams
 
     config, mesh = train_config(args)
@@ -103,7 +103,7 @@ def _train_step(args) -> dict:
 
 def train_config(args) -> tuple:
     """(training config, mesh) of `lav2 compile --config ...`: the file, its overrides and the command's flags."""
-    from lav2_jax import aot
+    from lav2_jax.train import aot
     from lav2_jax.cli.main import UserError
     from lav2_jax.train.step import recipe_streams
 
@@ -150,7 +150,8 @@ def _with_ratio(out: dict, analytic: dict) -> dict:
 
 
 def _forward(args) -> dict:
-    from lav2_jax import aot, presets
+    from lav2_jax.train import aot
+    from lav2_jax.core import presets
     from lav2_jax.cli.main import UserError
     from lav2_jax.model.factory import build_model
 
@@ -173,7 +174,7 @@ def _forward(args) -> dict:
     if args.batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise UserError(f"--batch {args.batch} does not divide over data×fsdp = "
                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    from lav2_jax.flops import analytic_forward_flops
+    from lav2_jax.core.flops import analytic_forward_flops
 
     report = aot.compile_report(args.topology, mesh, aot.compile_forward(model, mesh, args.batch, args.seq))
     what = f"{args.model} + {args.adapter}: forward, batch {args.batch} × {args.seq} tokens"

@@ -98,25 +98,25 @@ def _convert(args) -> str:
         from lav2_jax.checkpoint.convert.hf import convert_hf
         return convert_hf(args.hf_dir, args.out, max_seq_len=args.max_seq_len, **common)
     if args.source == "clip" and getattr(args, "layout", "clip") == "owl":
-        from lav2_jax.checkpoint.convert.owl import convert_clip_owl
+        from lav2_jax.systems.owl.convert import convert_clip_owl
         return convert_clip_owl(args.clip, args.out, heads=args.heads, **common)
     if args.source == "mplug-owl":
-        from lav2_jax.checkpoint.convert.owl import convert_mplug_owl
+        from lav2_jax.systems.owl.convert import convert_mplug_owl
         return convert_mplug_owl(args.hf_dir, args.out, max_seq_len=args.max_seq_len, **common)
     if args.source == "llava":
-        from lav2_jax.checkpoint.convert.llava import convert_llava
+        from lav2_jax.systems.llava.convert import convert_llava
         return convert_llava(args.hf_dir, args.out, clip=args.clip, clip_heads=args.clip_heads,
                              max_seq_len=args.max_seq_len, **common)
     if args.source == "llava-base":
-        from lav2_jax.checkpoint.convert.llava_base import combine_llava_base
+        from lav2_jax.systems.llava.convert_base import combine_llava_base
         return combine_llava_base(args.llm, args.clip, args.out, **common)
     if args.source == "clip":
         from lav2_jax.checkpoint.convert.clip import convert_clip
         return convert_clip(args.clip, args.out, heads=args.heads, **common)
     if args.source == "official":
-        from lav2_jax.checkpoint.convert.official import convert_official
+        from lav2_jax.systems.lav2.convert_official import convert_official
         return convert_official(args.llama_dir, args.llama_type, args.adapter, args.clip, args.out,
                                 v_num_heads=args.v_num_heads, clip_heads=args.clip_heads,
                                 max_seq_len=args.max_seq_len, **common)
-    from lav2_jax.checkpoint.convert.chat65b import convert_chat65b
+    from lav2_jax.systems.lav2.convert_chat65b import convert_chat65b
     return convert_chat65b(args.ckpt, args.params, args.tokenizer, args.out, max_seq_len=args.max_seq_len, **common)

@@ -40,7 +40,7 @@ def run(args) -> int:
             from lav2_jax.train.export import export_run
             out = export_run(args.workdir, args.out, step=args.step, overwrite=args.overwrite)
         elif args.target == "official":
-            from lav2_jax.checkpoint.export.official import export_official
+            from lav2_jax.systems.lav2.export_official import export_official
             out = export_official(args.ckpt, args.out, overwrite=args.overwrite)
         else:
             from lav2_jax.checkpoint.export.hf import export_hf

@@ -117,7 +117,7 @@ class _Composer:
                 raise UserError(str(e)) from None
 
     def __call__(self, prompt: str, input_text, image, where: str = ""):
-        from lav2_jax import system_templates
+        from lav2_jax.inference import prompts as system_templates
         from lav2_jax.cli.main import UserError
 
         check_text(prompt, "prompt", where)
@@ -144,7 +144,7 @@ class _Composer:
         """Several images for one prompt: (prompt with one `<image>` per image, pixels [k, H, W, 3])."""
         import numpy as np
 
-        from lav2_jax import system_templates
+        from lav2_jax.inference import prompts as system_templates
         from lav2_jax.cli.main import UserError
 
         adapter = self.bundle.model.adapter

@@ -29,7 +29,7 @@ SYSTEM_ADAPTERS = {"llava": ("llava",), "llava15": ("llava15", "llava15-lora"), 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model preset, e.g. llama1-7b (see lav2_jax.presets)")
+    p.add_argument("--model", required=True, help="model preset, e.g. llama1-7b (see lav2_jax.core.presets)")
     p.add_argument("--adapter", default="none", help="adapter preset: paper, release-bias, release-lora-bias, "
                    "chat65b, lora, none")
     p.add_argument("--vision", default=None, help="vision preset for visual adapters (default vit-l-14)")
@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def param_report(model_name: str, adapter_name: str, vision_name: str | None = None,
                  recipes: tuple[str, ...] | None = None) -> dict:
     """The counts `lav2 info` prints, as a dict."""
-    from lav2_jax import param_groups as pg
-    from lav2_jax import presets
+    from lav2_jax.core import param_groups as pg
+    from lav2_jax.core import presets
     from lav2_jax.model.factory import abstract_params, build_model
 
     config = presets.get_model(model_name)

@@ -10,5 +10,5 @@ Modules, one concept each:
 * `pipeline`  grain pipelines with the batch contract, sharding, checkpointable state, joint recipe
 * `testing`   tiny synthetic tokenizer / images / files for tests and benchmarks
 
-Templates live in `lav2_jax.templates`. Submodules are imported on use (grain/TFDS stay out of light imports).
+Templates live in `lav2_jax.core.templates`. Submodules are imported on use (grain/TFDS stay out of light imports).
 """

@@ -30,7 +30,7 @@ import numpy as np
 
 from lav2_jax.data import images, samples, sources
 from lav2_jax.data.samples import KINDS
-from lav2_jax.data import owl_sources
+from lav2_jax.systems.owl import sources as owl_sources
 
 REPORT_FILE = "build_report.json"
 

@@ -20,16 +20,16 @@ images for image streams): see `lav2_jax.data.packing`; `steps_per_epoch` then o
 ``T`` is the smallest of `config.buckets` (default: powers of two from 64 below `max_len`, then `max_len`)
 holding the longest sample of the batch, so a run compiles at most ``len(buckets)`` train-step shapes.
 Samples are truncated to `max_len`; one that keeps no answer token is dropped and counted
-(`PipelineIterator.dropped`, see its docstring for when a drop is counted). The rules live in `lav2_jax.data.samples`; templates in `lav2_jax.templates`.
+(`PipelineIterator.dropped`, see its docstring for when a drop is counted). The rules live in `lav2_jax.data.samples`; templates in `lav2_jax.core.templates`.
 
-LLaVA (`PipelineConfig.template` set, `lav2_jax.data.llava_samples`): a conversation template of
-`lav2_jax.conversation_templates`; each image is `image_tokens` placeholder ids in ``tokens`` (so `max_len` and the
+LLaVA (`PipelineConfig.template` set, `lav2_jax.systems.llava.samples`): a conversation template of
+`lav2_jax.systems.llava.conversation`; each image is `image_tokens` placeholder ids in ``tokens`` (so `max_len` and the
 buckets count them: the sequence grows by the image's token count), never in the loss; ``has_image`` says whether
 the row holds placeholders; images are the CLIP preprocessing without augmentation, `square` or `pad`.
-mPLUG-Owl (`template="owl"`, `lav2_jax.data.owl_samples`): the same contract with Owl's template, its Q + 1
+mPLUG-Owl (`template="owl"`, `lav2_jax.systems.owl.samples`): the same contract with Owl's template, its Q + 1
 placeholder ids per image and its image processing (training crop + flip unless `augment=False`, evaluation
 resize). Several images per sample (`max_images` > 1): ``images`` [B, max_images, H, W, 3] and ``has_image``
-[B, max_images], the slots of `lav2_jax.data.owl_samples.stack_image_slots`.
+[B, max_images], the slots of `lav2_jax.systems.owl.samples.stack_image_slots`.
 
 Order of operations (grain dataset API)::
 
@@ -60,7 +60,9 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from lav2_jax.data import images, llava_samples, owl_samples, samples
+from lav2_jax.data import images, samples
+from lav2_jax.systems.llava import samples as llava_samples
+from lav2_jax.systems.owl import samples as owl_samples
 from lav2_jax.data.tokenizer import PAD_ID, Tokenizer
 
 DROPPED_KEY = "_n_dropped"
@@ -97,7 +99,7 @@ class PipelineConfig:
     drop_remainder: bool = True
     packing: bool = False  # several samples per row (`lav2_jax.data.packing`)
     max_segments: int = 8  # packing: samples (image slots) per row of an image stream; images per row if spliced
-    # LLaVA (`lav2_jax.data.llava_samples`): a conversation template of `lav2_jax.conversation_templates` ("" =
+    # LLaVA (`lav2_jax.systems.llava.samples`): a conversation template of `lav2_jax.systems.llava.conversation` ("" =
     # LLaMA-Adapter's templates), the visual tokens one image adds to the sequence (its placeholder ids are part of
     # `max_len`), the placeholder id, `image_aspect` square | pad, and whether training augments images (LLaVA: no).
     template: str = ""

@@ -16,7 +16,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.data.tokenizer import Tokenizer, encode_segments
 
 KINDS = ("instruction", "conversation", "caption")

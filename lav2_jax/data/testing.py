@@ -13,7 +13,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 
 _CORPUS = (
     templates.alpaca("Give three tips for staying healthy.", "Eat well, sleep, move."),

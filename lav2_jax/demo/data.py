@@ -26,7 +26,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.demo import scenes as sc
 
 IMAGE_SIZE = 32

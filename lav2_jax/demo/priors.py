@@ -42,8 +42,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets
 from lav2_jax.demo import scenes as sc
 
 TINY_ADAPTER = "paper"

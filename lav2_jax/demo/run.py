@@ -7,7 +7,7 @@
                  `joint`, early fusion, grain pipelines; tqdm, TensorBoard (`train/tb`), `train/metrics.jsonl`.
                  Always a fresh run (the cached stages above are what a rerun skips)
   4. export      `lav2_jax.train.export.export_run` → `<workdir>/ckpt` (adapter-only over `base/`)
-  5. evaluation  `lav2_jax.eval.heldout` on the held-out split for trained / gates_off / untrained, + chance
+  5. evaluation  `lav2_jax.demo.heldout` on the held-out split for trained / gates_off / untrained, + chance
   6. report      `lav2_jax.demo.report`: table, report.md, report.json, report.png
 
 `MODES` holds the data and prior sizes of the full and `--quick` runs; the training steps are the config's
@@ -60,7 +60,7 @@ def _bundles(ckpt: str, base: str):
     import dataclasses
 
     from lav2_jax.checkpoint import load_pretrained
-    from lav2_jax.eval.heldout import gates_off
+    from lav2_jax.demo.heldout import gates_off
     from lav2_jax.inference.generation import decodes_unstacked
 
     layout = "unstacked" if decodes_unstacked() else "scanned"
@@ -93,7 +93,7 @@ def run_demo(config, workdir: str, *, quick: bool = False, seed: int = 0, zero_s
              log=print, display: str = "") -> dict:
     """Runs every stage (module docstring) with the train config `config`; returns report.json's content.
     `display`: the workdir as the user typed it (for the printed commands)."""
-    from lav2_jax.eval import heldout
+    from lav2_jax.demo import heldout
     from lav2_jax.eval.runner import write_json
     from lav2_jax.train.export import export_run
     from lav2_jax.train.trainer import train

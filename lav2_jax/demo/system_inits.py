@@ -12,7 +12,7 @@ tokenizer's vocabulary) and writes a complete checkpoint (`lav2_jax.checkpoint.s
   the rest                    (projector, abstractor) its seeded random init, as the trainer would draw it
 
 `clip_to_owl_vision(clip, heads)`: a `lav2_jax.model.clip.CLIPVisionTower` parameter tree (resblocks stacked on a
-leading layer axis, L) → a `lav2_jax.model.owl_vision.OwlVisionModel` tree:
+leading layer axis, L) → a `lav2_jax.systems.owl.vision.OwlVisionModel` tree:
 
   conv1/kernel [P, P, 3, D]          → patch_embed/kernel
   class_embedding [D], positional_embedding [T, D] → cls_token, position_embedding
@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from lav2_jax.model.owl_vision import blocked_to_per_head
+from lav2_jax.systems.owl.vision import blocked_to_per_head
 
 RENAMES = {("conv1", "kernel"): ("patch_embed", "kernel"), ("class_embedding",): ("cls_token",),
            ("positional_embedding",): ("position_embedding",), ("ln_pre",): ("pre_layernorm",),
@@ -65,7 +65,8 @@ def clip_to_owl_vision(clip: dict, heads: int) -> dict:
 def system_model(mc, model_config):
     """The Transformer of a LLaVA / Owl training config's `model` section over the language model `model_config`."""
     from lav2_jax.model.factory import build_model
-    from lav2_jax.train import llava_config, owl_config
+    from lav2_jax.systems.llava import train_config as llava_config
+    from lav2_jax.systems.owl import train_config as owl_config
 
     if llava_config.is_llava(mc):
         adapter, vision = llava_config.llava_configs(mc, model_config)

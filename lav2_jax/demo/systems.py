@@ -4,7 +4,7 @@ side by side.
 Shared by every system (built once, cached like `lav2 demo`'s): the data, the tokenizer, the language prior
 (`<workdir>/prior`) and the contrastive CLIP tower (`<workdir>/base`), `lav2_jax.demo.run.prepare_base`. Then
 each system trains through `lav2 train`'s engine (`lav2_jax.train.trainer.train`) and is exported and scored on
-the held-out split by `lav2_jax.eval.heldout` (greedy, in its own prompt format):
+the held-out split by `lav2_jax.demo.heldout` (greedy, in its own prompt format):
 
   lav2   the demo's config (`configs/demo.py`): paper joint training, one step = a caption batch for the caption
          group + an instruction batch for the instruction group
@@ -19,7 +19,7 @@ and updates each of its groups as often.
 
 Each system runs in its own Python process (`python -m lav2_jax.demo.systems SPEC OUT`), so its peak resident
 memory (`ru_maxrss`, training and evaluation) is its own. Measured per system: trainable parameters per stage
-(`lav2_jax.param_groups.count` under the stage's recipe), held-out metrics, the median step time of each stage
+(`lav2_jax.core.param_groups.count` under the stage's recipe), held-out metrics, the median step time of each stage
 (from `metrics.jsonl`: the wall time between log lines over the steps between them, the first interval, which
 holds the compilation, left out), training wall time, peak RSS. Written to `<workdir>/systems.md` and
 `<workdir>/systems.json` ({"systems": {name: result}, "chance": {...}, "budget": {...}}) and printed.
@@ -110,7 +110,7 @@ def stage_configs(name: str, lav2_config, config_dir: str, paths, seed: int) -> 
 
 def trainable_counts(config) -> dict[str, int]:
     """Scalars per group under `config`'s recipe (`caption`, `instruction`, `frozen`, `total`)."""
-    from lav2_jax import param_groups as pg
+    from lav2_jax.core import param_groups as pg
     from lav2_jax.model.factory import abstract_params
     from lav2_jax.train.state import model_from_config
 
@@ -135,7 +135,7 @@ def run_system(spec: dict) -> dict:
     from lav2_jax.checkpoint import load_pretrained
     from lav2_jax.demo import report as report_lib
     from lav2_jax.demo import system_inits
-    from lav2_jax.eval import heldout
+    from lav2_jax.demo import heldout
     from lav2_jax.inference.generation import decodes_unstacked
     from lav2_jax.train.export import export_run
     from lav2_jax.train.trainer import train
@@ -207,7 +207,7 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
     demo_llava.py and demo_owl.py are (default: beside configs/demo.py of this repository). `eval_scenes` > 0
     scores only that many held-out scenes (tests); `modes` replaces `run.MODES` (tests)."""
     from lav2_jax.demo import run as run_lib
-    from lav2_jax.eval import heldout
+    from lav2_jax.demo import heldout
     from lav2_jax.eval.runner import write_json
 
     t0 = time.time()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.eval.runner import EvalError, Item, read_json, skip_counts
 
 RESULTS = "captions_results.json"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.eval.runner import EvalError, Item, skip_counts, skip_record
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",

@@ -243,7 +243,7 @@ def model_predictor(bundle, max_new_tokens: int = 64, temperature: float = 0.0, 
     from lav2_jax.inference import generate
 
     def predict(prompts: list[str], images: list) -> list[str]:
-        from lav2_jax.system_templates import from_alpaca  # the benchmarks' Alpaca prompts in the model's format
+        from lav2_jax.inference.prompts import from_alpaca  # the benchmarks' Alpaca prompts in the model's format
 
         prompts = [from_alpaca(bundle.model.adapter, p, im is not None) for p, im in zip(prompts, images)]
         imgs = images if any(im is not None for im in images) else None

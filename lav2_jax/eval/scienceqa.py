@@ -28,7 +28,7 @@ import re
 import string
 from typing import Iterable, Optional
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.eval.runner import EvalError, Item, read_json, skip_counts, skip_record
 
 LETTERS = string.ascii_uppercase

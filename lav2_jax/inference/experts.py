@@ -5,7 +5,7 @@ path (str / PathLike) or a `PIL.Image.Image`. Plug in more with `register_expert
 the bundle (it may ignore it) and keyword options.
 
 Prompt composition (exactly, tested): `expert_prompt(instruction, image, expert) ==
-lav2_jax.templates.alpaca(instruction, input=expert(image).strip())` — the expert's text, stripped of surrounding
+lav2_jax.core.templates.alpaca(instruction, input=expert(image).strip())` — the expert's text, stripped of surrounding
 whitespace, fills the `### Input:` field of the Alpaca template (DESIGN.md §3); an expert that finds nothing
 (blank text) gives the no-input template.
 
@@ -24,7 +24,7 @@ from typing import Callable, Protocol, Union
 
 from PIL import Image
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 
 ImageInput = Union[str, os.PathLike, Image.Image]
 

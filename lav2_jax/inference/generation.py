@@ -1,7 +1,7 @@
 """Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (DESIGN §3).
 
 `bundle` is what `lav2_jax.load_pretrained` returns (anything with `.model`, `.params`, `.tokenizer`). Prompts are
-final strings (apply `lav2_jax.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.
+final strings (apply `lav2_jax.core.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.
 
 Host side (this module): encode, bucket shapes, pad, place on devices, decode the result. Traced side:
 `lav2_jax.inference.engine` (prefill + `lax.while_loop`, one jitted call per shape bucket).
@@ -13,7 +13,7 @@ Buckets (few compilations): prompt length → a power of two >= 16 (capped at th
 slots are overwritten before any row can attend to them, so padding never reaches an output.
 
 Sharding: under a mesh (passed as `mesh=`, or found on the parameters when `load_pretrained(..., mesh=)` placed
-them) the parameters are put on their training shardings (`lav2_jax.sharding.logical_shardings`) and the batch is
+them) the parameters are put on their training shardings (`lav2_jax.core.sharding.logical_shardings`) and the batch is
 split over the mesh axes of the logical `act_batch` axis (data × fsdp); jit propagates the rest.
 
 Streaming (`stream`): a Python loop over one jitted decode step, one host round trip per token — chosen over a host
@@ -120,7 +120,7 @@ def _stack_image_slots(model, rows, B: int, size: int):
         raise ImageNotSupported("several images per prompt need a spliced system (mPLUG-Owl, LLaVA); this model "
                                 "takes one image per prompt")
     stacks = [np.zeros((0, size, size, 3), np.float32) if im is None else np.asarray(im, np.float32) for im in rows]
-    from lav2_jax.data.owl_samples import stack_image_slots
+    from lav2_jax.systems.owl.samples import stack_image_slots
 
     stacks = [x[None] if x.ndim == 3 else x for x in stacks]
     for i, x in enumerate(stacks):
@@ -165,7 +165,7 @@ def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_token
 @functools.lru_cache(maxsize=16)
 def _param_shardings(model, mesh):
     from lav2_jax.model.factory import abstract_params
-    from lav2_jax.sharding import logical_shardings
+    from lav2_jax.core.sharding import logical_shardings
 
     return logical_shardings(abstract_params(model, boxed=True), mesh)
 
@@ -174,7 +174,7 @@ def _batch_spec():
     import flax.linen as nn
     from jax.sharding import PartitionSpec
 
-    from lav2_jax.sharding import LOGICAL_RULES
+    from lav2_jax.core.sharding import LOGICAL_RULES
 
     return PartitionSpec(*nn.logical_to_mesh_axes(("act_batch",), LOGICAL_RULES))
 

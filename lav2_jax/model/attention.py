@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.adapted_dense import adapted_dense
 from lav2_jax.model.blocked_attention import blocked_causal_attention
 from lav2_jax.model.common import as_dtype, constrain, tag, trainable_param

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.attention import Attention
 from lav2_jax.model.common import constrain, tag
 from lav2_jax.model.ffn import FeedForward

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import VisionConfig
+from lav2_jax.core.config import VisionConfig
 from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, tag, trainable_param
 from lav2_jax.model.norms import LayerNorm
 

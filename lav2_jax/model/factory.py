@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax.model.transformer import Transformer
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.adapted_dense import adapted_dense
 from lav2_jax.model.common import constrain, tag
 

@@ -36,8 +36,8 @@ import numpy as np
 IGNORE_INDEX = -100
 
 ENCODERS = {
-    "llava": "lav2_jax.model.llava:llava_visual_tokens",
-    "owl": "lav2_jax.model.owl:owl_visual_tokens",
+    "llava": "lav2_jax.systems.llava.projector:llava_visual_tokens",
+    "owl": "lav2_jax.systems.owl.visual:owl_visual_tokens",
 }
 
 

@@ -14,7 +14,7 @@ stored transposed as [in, out] kernels):
   adapter_query                       [Lp, P, D] adapter prompts of the last Lp = prompt_layers layers
   visual_gate                         [K, N]     early fusion: gates of the visual prompts in the first K layers
   clip/...                            frozen CLIP ViT (lav2_jax.model.clip), with a VisionConfig
-  connector/...                       trainable visual connector (lav2_jax.model.connector)
+  connector/...                       trainable visual connector (lav2_jax.systems.lav2.connector)
   mm_projector/..., clip/...          spliced systems (`adapter.splice`, lav2_jax.model.splice / .llava): visual
                                       tokens written over the prompt's image placeholders after the embedding
 
@@ -34,12 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax.model.adapted_dense import AdaptedDense
 from lav2_jax.model.block import DecoderBlock
 from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, trainable_param
-from lav2_jax.model.connector import VisualConnector
+from lav2_jax.systems.lav2.connector import VisualConnector
 from lav2_jax.model import splice
 from lav2_jax.model.norms import RMSNorm
 from lav2_jax.model.segments import flatten_segment_prompts, segment_positions

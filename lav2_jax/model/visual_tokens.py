@@ -5,7 +5,7 @@ full `Transformer` (its submodules have the Transformer's top-level names, so `a
 reads `clip/...`, `connector/...`, `mm_projector/...` from the same tree):
 
   lav2 (LLaMA-Adapter V2)   the connector's visual prompt tokens [B, query_len, D] (paper §4.3): CLIP tokens →
-                            `lav2_jax.model.connector`, before any gate or fusion
+                            `lav2_jax.systems.lav2.connector`, before any gate or fusion
   llava / owl (spliced)     the tokens written over the prompt's image placeholders [B, splice.n_tokens, D]
                             (`lav2_jax.model.splice.visual_encoder`)
 """
@@ -17,9 +17,9 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax.model.clip import CLIPVisionTower
-from lav2_jax.model.connector import VisualConnector
+from lav2_jax.systems.lav2.connector import VisualConnector
 from lav2_jax.model.splice import visual_encoder
 
 

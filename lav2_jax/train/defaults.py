@@ -1,7 +1,7 @@
 """Every field a training config has, with defaults (`configs/*.py` start from `base_config()` and change a few).
 
 Fields:
-  model.preset / adapter / vision    presets (`lav2_jax.presets`); `tiny_adapter` shrinks the adapter to the model
+  model.preset / adapter / vision    presets (`lav2_jax.core.presets`); `tiny_adapter` shrinks the adapter to the model
   model.base_checkpoint              path for `lav2_jax.checkpoint.load_pretrained` ('' = random base from preset)
   model.remat_policy, weight_dtype, dtype   overrides ('' = the preset's)
   model.attention                    xla | flash (Pallas TPU splash kernel) | blocked (causal query blocks, CPU
@@ -9,7 +9,7 @@ Fields:
   model.scan_layers                  True | False: layers as one `nn.scan` (stacked) or a Python loop; unset = the
                                      preset's (True). False needs a random base (no base_checkpoint)
   model.seed, model.output_scale     random base only (see `lav2_jax.train.state`)
-  param_recipe                       column of the group table (`lav2_jax.param_groups.RECIPES`)
+  param_recipe                       column of the group table (`lav2_jax.core.param_groups.RECIPES`)
   recipe                             joint | pretrain | finetune | full (`lav2_jax.train.step.RECIPES`)
   total_steps, seed                  optimizer steps of the run; RNG seed of the train state
   batch.<stream>                     global batch rows per step of each stream

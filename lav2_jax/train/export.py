@@ -45,11 +45,11 @@ def export_run(workdir: str, out: str, *, step: Optional[int] = None, overwrite:
     """Writes the trained parameters of `workdir` (checkpoint `step`, default the latest) to `out`; returns it."""
     import jax
 
-    from lav2_jax import param_groups as pg
+    from lav2_jax.core import param_groups as pg
     from lav2_jax.checkpoint import save_adapter, save_pretrained
     from lav2_jax.checkpoint.layout import ADAPTER_RECIPE
     from lav2_jax.model.factory import abstract_params
-    from lav2_jax.sharding import logical_shardings, make_mesh
+    from lav2_jax.core.sharding import logical_shardings, make_mesh
     from lav2_jax.train import state as state_lib
     from lav2_jax.train.checkpointing import read_state
     from lav2_jax.train.data import channel_order

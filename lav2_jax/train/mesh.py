@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train.step import batch_sharding
 
 

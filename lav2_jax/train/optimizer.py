@@ -8,7 +8,7 @@ applied only to leaves whose role is not a per-layer vector (biases, scales, gat
 per-layer rank is ≥ 2 (no decay on 1-D tensors and biases, DESIGN.md §3). Schedules count global steps
 (`with_schedule_count`).
 
-The optimizer is only ever given the *trainable* leaves (`lav2_jax.param_groups.split`): frozen weights are never
+The optimizer is only ever given the *trainable* leaves (`lav2_jax.core.param_groups.split`): frozen weights are never
 differentiated and hold no optimizer state; the `frozen` entry only guarantees that a frozen leaf handed to it by
 mistake is zeroed rather than passed through (`optax.masked` alone would pass raw gradients, DESIGN.md §2).
 
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from lav2_jax.param_groups import GROUPS
+from lav2_jax.core.param_groups import GROUPS
 
 TRAINABLE_GROUPS = ("caption", "instruction")
 

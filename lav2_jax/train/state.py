@@ -22,12 +22,12 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets
 from lav2_jax.model.factory import abstract_params, build_model, dummy_inputs
-from lav2_jax.sharding import LOGICAL_RULES, logical_shardings
-from lav2_jax.train import llava_config
-from lav2_jax.train import owl_config
+from lav2_jax.core.sharding import LOGICAL_RULES, logical_shardings
+from lav2_jax.systems.llava import train_config as llava_config
+from lav2_jax.systems.owl import train_config as owl_config
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import step as step_lib
 
@@ -138,7 +138,7 @@ def model_from_config(mc):
 def build(config, mesh, model=None, abstract: bool = False) -> tuple[Setup, dict]:
     """(Setup, fresh state) for `config` on `mesh` (`model` replaces the one `config.model` describes, e.g. for
     benchmarks with a custom adapter; its base is then random). `abstract=True` allocates nothing: parameters and
-    state are ShapeDtypeStructs carrying their shardings, for ahead-of-time compilation (`lav2_jax.aot`)."""
+    state are ShapeDtypeStructs carrying their shardings, for ahead-of-time compilation (`lav2_jax.train.aot`)."""
     mc = config.model
     model = model_from_config(mc) if model is None else model
     boxed = abstract_params(model, boxed=True)

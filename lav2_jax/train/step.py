@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train.loss import token_loss_sums
 from lav2_jax.train.optimizer import TRAINABLE_GROUPS

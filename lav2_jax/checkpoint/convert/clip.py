@@ -17,7 +17,7 @@ from typing import Optional
 
 from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import VisionConfig
+from lav2_jax.core.config import VisionConfig
 
 HF_ROOT = "vision_model."
 OPENAI_IGNORE = (r"^(?!visual\.)",)

@@ -13,7 +13,7 @@ from typing import Optional
 
 from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import ModelConfig
+from lav2_jax.core.config import ModelConfig
 
 HF_LINEARS = {"wq": ("attention", "self_attn.q_proj"), "wk": ("attention", "self_attn.k_proj"),
               "wv": ("attention", "self_attn.v_proj"), "wo": ("attention", "self_attn.o_proj"),
@@ -115,7 +115,7 @@ def hf_llama_plan(c: ModelConfig, by_key: dict, tied: bool, where: str, prefix: 
 def convert_hf(hf_dir: str, out_dir: str, *, weight_dtype: str = "bfloat16", max_seq_len: Optional[int] = None,
                overwrite: bool = False) -> str:
     """`lav2 convert hf`: a Hugging Face Llama directory → a language-only checkpoint (adapter preset `none`)."""
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
     from lav2_jax.checkpoint.layout import CheckpointConfig
     from lav2_jax.model.factory import build_model

@@ -6,7 +6,7 @@ Per linear (our kernel K [in, out], bias b [out], scale s, LoRA A [in, r], B [r,
   HF weight = K'.T. Any bias on q/k/v/o → `attention_bias=True` (absent ones written as zeros); on the FFN →
   `mlp_bias=True`. Norms copy. Our RoPE layout is HF's, so nothing is permuted.
 Refused (ValueError with the reason): adapter prompts or visual fusion, which a plain Llama cannot express.
-LLaVA checkpoints export as `LlavaForConditionalGeneration` (`lav2_jax.checkpoint.export.llava`): the Llama under
+LLaVA checkpoints export as `LlavaForConditionalGeneration` (`lav2_jax.systems.llava.export`): the Llama under
 `language_model.`, plus the tower and the projector.
 Streamed: one safetensors file per linear (all layers' q_proj, …), one for the norms and one for embeddings and head,
 with `model.safetensors.index.json`; only the leaves of the file being written are read (host memory ≈ one stacked
@@ -23,8 +23,8 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from lav2_jax.checkpoint.export import llava
-from lav2_jax.config import LINEAR_NAMES
+from lav2_jax.systems.llava import export as llava
+from lav2_jax.core.config import LINEAR_NAMES
 
 HF = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
       "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj"}

@@ -19,7 +19,7 @@ import os
 import re
 from typing import Any, Iterator
 
-from lav2_jax import owl_templates as ot
+from lav2_jax.systems.owl import templates as ot
 from lav2_jax.data.sources import (R_EMPTY_ANSWER, R_NO_ASSISTANT, R_ORDER, Item, Skip, _records, _SkipSignal,
                                    _string_field)
 

@@ -12,7 +12,7 @@ Recipes:
   chat65b           instruction: norms, biases, scales (released 65B chat model)
   all-adapters      instruction: every parameter that is not a frozen base weight (CLIP and LLaMA kernels stay frozen)
 
-LLaVA recipes (LLaVA paper §4.2 "two-stage instruction-tuning", LLaVA-1.5; spliced models, `lav2_jax.model.llava`);
+LLaVA recipes (LLaVA paper §4.2 "two-stage instruction-tuning", LLaVA-1.5; spliced models, `lav2_jax.systems.llava.projector`);
 the projector is the `caption` group (the stage-1 group), the language model the `instruction` group, so the two
 keep separate learning rates; the CLIP tower is always frozen:
   llava-stage1      caption: the projector `mm_projector/...` only; every LLM weight frozen
@@ -20,7 +20,7 @@ keep separate learning rates; the CLIP tower is always frozen:
                     full fine-tune, its optimizer state FSDP-sharded like the weights)
   llava-lora        caption: the projector; instruction: LoRA on the seven LLM linears; base weights frozen
 
-mPLUG-Owl recipes (mPLUG-Owl paper §3.2 "Training Scheme", SEED_SYSTEMS.md §3.4; `lav2_jax.model.owl`):
+mPLUG-Owl recipes (mPLUG-Owl paper §3.2 "Training Scheme", SEED_SYSTEMS.md §3.4; `lav2_jax.systems.owl.visual`):
   owl-stage1             caption: the vision model `owl_vision/...` AND the abstractor `abstractor/...` (the
                          vision tower trains here); the LLM frozen
   owl-stage2             instruction: LoRA on the LLM (the released script: r 8, alpha 32, q/v by default, the

@@ -3,7 +3,7 @@
 `config.model` fields of an Owl run (besides `preset`, `vision`, dtypes, remat of every run):
 
   system                    "owl"
-  vision                    a vision preset (`lav2_jax.presets`; its CLIP eps is replaced by `owl.vision_eps`)
+  vision                    a vision preset (`lav2_jax.core.presets`; its CLIP eps is replaced by `owl.vision_eps`)
   owl.vision_eps            LayerNorm eps of the vision model (release 1e-6)
   owl.num_queries, owl.layers, owl.heads, owl.mlp_dim, owl.eps, owl.dropout
                             the abstractor (release 64, 6, 16, 2816, 1e-6, attention-prob dropout 0.1)
@@ -16,8 +16,8 @@
 
 from __future__ import annotations
 
-from lav2_jax import presets
-from lav2_jax.config import AbstractorConfig, AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core import presets
+from lav2_jax.core.config import AbstractorConfig, AdapterConfig, ModelConfig, VisionConfig
 
 OWL_FIELDS = ("vision_eps", "num_queries", "layers", "heads", "mlp_dim", "eps", "dropout", "image_token_id")
 LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
@@ -37,7 +37,7 @@ def _checked(section, known: tuple, where: str) -> dict:
 
 def owl_configs(mc, model: ModelConfig) -> tuple[AdapterConfig, VisionConfig]:
     """(adapter, vision) of an Owl run described by `config.model` (`mc`), for the language model `model`."""
-    from lav2_jax.model.owl import OWL_IMAGE_TOKEN_ID, owl_splice
+    from lav2_jax.systems.owl.visual import OWL_IMAGE_TOKEN_ID, owl_splice
 
     o = _checked(mc.get("owl"), OWL_FIELDS, "owl")
     base = presets.get_vision(mc.vision)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lav2_jax import presets
-from lav2_jax.config import AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
+from lav2_jax.core import presets
+from lav2_jax.core.config import AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
 
 SPLICE_FIELDS = ("projector", "feature_layer", "select", "image_token_id")
 

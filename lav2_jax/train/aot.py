@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from lav2_jax.sharding import MESH_AXES
+from lav2_jax.core.sharding import MESH_AXES
 
 # libtpu looks for a TPU VM's metadata at start-up; on a CPU host these keep it quiet and offline (and let several
 # compile-only processes share the host: none of them opens a chip).
@@ -36,10 +36,10 @@ class CompileReport:
     alias_bytes: int
     generated_code_bytes: int
     xla_flops: float  # XLA's cost analysis: a scanned (while-loop) body is counted once, not per layer
-    compiled_flops: float = 0.0  # matmul FLOPs of the whole program, all chips, loops in full (lav2_jax.flops)
+    compiled_flops: float = 0.0  # matmul FLOPs of the whole program, all chips, loops in full (lav2_jax.core.flops)
     pallas_calls: int = 0  # Pallas kernel launches, whose FLOPs compiled_flops cannot see
     devices_per_chip: int = 1  # v4 topologies describe each chip's 2 TensorCores as 2 devices sharing its HBM
-    guessed_loops: int = 0  # while loops whose counter lav2_jax.flops did not recognise (trips read off the bound)
+    guessed_loops: int = 0  # while loops whose counter lav2_jax.core.flops did not recognise (trips read off the bound)
 
     @property
     def peak_bytes(self) -> int:
@@ -48,7 +48,7 @@ class CompileReport:
         return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
     def as_dict(self) -> dict:
-        from lav2_jax.flops import hbm_gib
+        from lav2_jax.core.flops import hbm_gib
 
         hbm = hbm_gib(self.topology)
         peak = self.peak_bytes * self.devices_per_chip / 2 ** 30
@@ -72,13 +72,13 @@ def topology_devices(topology: str, platform: str = "tpu") -> list:
 
 def topology_mesh(topology: str, data: int = 1, fsdp: int = -1, tensor: int = 1):
     """A (data, fsdp, tensor) mesh over a topology's devices (one size may be -1 = fill)."""
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
 
     return make_mesh(data, fsdp, tensor, devices=topology_devices(topology))
 
 
 def compile_report(topology: str, mesh, compiled) -> CompileReport:
-    from lav2_jax.flops import hlo_flops
+    from lav2_jax.core.flops import hlo_flops
 
     counted = hlo_flops(compiled.as_text())
     n = int(np.prod(list(mesh.shape.values())))
@@ -101,7 +101,7 @@ def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_sharding
     """`jax.jit(fn).lower(*abstract args).compile()` under the logical-axis rules and `mesh`."""
     import flax.linen as nn
 
-    from lav2_jax.sharding import LOGICAL_RULES
+    from lav2_jax.core.sharding import LOGICAL_RULES
 
     jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
@@ -114,7 +114,7 @@ def compile_forward(model, mesh, batch: int, seq: int):
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from lav2_jax.model.factory import abstract_params, dummy_inputs
-    from lav2_jax.sharding import logical_shardings
+    from lav2_jax.core.sharding import logical_shardings
 
     boxed = abstract_params(model, boxed=True)
     param_shardings = logical_shardings(boxed, mesh)
@@ -180,9 +180,9 @@ def compile_train_step(config, mesh):
 
 
 def train_step_analytic(config) -> dict:
-    """Analytic model FLOPs (`lav2_jax.flops.analytic_train_flops`) of the step a training config describes, with
+    """Analytic model FLOPs (`lav2_jax.core.flops.analytic_train_flops`) of the step a training config describes, with
     the batch shapes `abstract_batch` gives it (packed image rows: every image slot counts as an image)."""
-    from lav2_jax.flops import analytic_train_flops
+    from lav2_jax.core.flops import analytic_train_flops
     from lav2_jax.model.factory import build_model
     from lav2_jax.train.state import model_configs
     from lav2_jax.train.step import recipe_streams

@@ -25,7 +25,7 @@ from typing import Optional
 from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.meta import linear_shapes, rope_heads
 from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import LINEAR_NAMES, AdapterConfig, ModelConfig
+from lav2_jax.core.config import LINEAR_NAMES, AdapterConfig, ModelConfig
 
 GROUP = {n: "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward" for n in LINEAR_NAMES}
 BIAS_LINEARS = ("wq", "wo", "w1", "w2", "w3")

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import ModelConfig, SpliceConfig, VisionConfig
+from lav2_jax.core.config import ModelConfig, SpliceConfig, VisionConfig
 from lav2_jax.model.clip import ACT_AXES, CLIPVisionTower, Dense
 from lav2_jax.model.common import constrain
 

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AbstractorConfig
+from lav2_jax.core.config import AbstractorConfig
 from lav2_jax.model.clip import ACT_AXES, Dense
 from lav2_jax.model.common import as_dtype, constrain, maybe_remat, tag, trainable_param
 from lav2_jax.model.norms import LayerNorm

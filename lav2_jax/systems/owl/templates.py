@@ -1,5 +1,5 @@
 """mPLUG-Owl's conversation format (SEED_SYSTEMS.md §3.3; mPLUG-Owl paper §4 "Instruction Tuning"), as
-loss-annotated segments for training (`lav2_jax.data.owl_samples`) and prompt strings for generation.
+loss-annotated segments for training (`lav2_jax.systems.owl.samples`) and prompt strings for generation.
 
 A conversation is ``[(role, text), ...]`` with roles alternating ``"human"`` / ``"assistant"`` from a human turn;
 `image_turn` is the index of the human turn the image belongs to (-1: text-only), or one index per image of a
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from lav2_jax.conversation_templates import EOS, IMAGE
+from lav2_jax.systems.llava.conversation import EOS, IMAGE
 
 SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")

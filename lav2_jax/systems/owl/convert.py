@@ -1,5 +1,5 @@
-"""mPLUG-Owl (v1) checkpoints → our tree (SEED_SYSTEMS.md §3.1, §3.2, §3.5; trees in `lav2_jax.model.owl_vision`
-and `lav2_jax.model.abstractor`).
+"""mPLUG-Owl (v1) checkpoints → our tree (SEED_SYSTEMS.md §3.1, §3.2, §3.5; trees in `lav2_jax.systems.owl.vision`
+and `lav2_jax.systems.owl.abstractor`).
 
 Released layout (`MAGAer13/mplug-owl-llama-7b`, an HF-style directory: `config.json`, `pytorch_model*.bin` or
 safetensors, `tokenizer.model`): `vision_model.*` → `owl_vision/...`, `abstractor.*` + the top-level
@@ -29,8 +29,8 @@ import numpy as np
 from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.clip import TOP, _names
 from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import AbstractorConfig, VisionConfig
-from lav2_jax.model.owl_vision import blocked_to_per_head
+from lav2_jax.core.config import AbstractorConfig, VisionConfig
+from lav2_jax.systems.owl.vision import blocked_to_per_head
 
 OWL_LN_EPS = 1e-6
 VISION_DEFAULTS = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
@@ -202,8 +202,8 @@ def owl_configs(cfg: dict, path: str, weight_dtype: str, max_seq_len: Optional[i
     The adapter is the inference form: no LLaMA adapters, the Owl splice (65 placeholder ids per image).
     """
     from lav2_jax.checkpoint.convert.hf import hf_config
-    from lav2_jax.config import AdapterConfig
-    from lav2_jax.model.owl import owl_splice
+    from lav2_jax.core.config import AdapterConfig
+    from lav2_jax.systems.owl.visual import owl_splice
 
     model, tied = hf_config(cfg["text_config"], f"{path}: text_config", weight_dtype, max_seq_len)
     if tied:
@@ -259,7 +259,7 @@ def convert_clip_owl(clip: str, out_dir: str, *, heads: Optional[int] = None, we
     from lav2_jax.checkpoint.convert.clip import hf_heads, infer_vision, nn_unbox, open_clip
     from lav2_jax.checkpoint.convert.plan import convert_plan
     from lav2_jax.checkpoint.layout import BASE_ITEM, CheckpointConfig
-    from lav2_jax.model.owl_vision import OwlVisionModel
+    from lav2_jax.systems.owl.vision import OwlVisionModel
 
     fmt, by_key, files = open_clip(clip)
     clip_v = infer_vision(by_key, fmt, clip, heads or hf_heads(clip), weight_dtype)

@@ -1,6 +1,6 @@
 """From a stored record to one LLaVA training sequence with its visual tokens in place (LLaVA paper §4–5).
 
-Hugging Face-style image tokens: every ``<image>`` segment of a template (`lav2_jax.conversation_templates`)
+Hugging Face-style image tokens: every ``<image>`` segment of a template (`lav2_jax.systems.llava.conversation`)
 becomes `n_image_tokens` copies of `image_token_id` in the token ids; the model overwrites those positions with
 the image's visual tokens, so the sequence the model sees is exactly the token sequence (its length already
 counts the image: a ``max_len`` budget includes the image tokens, e.g. 576 of LLaVA-1.5's 2048).
@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lav2_jax import conversation_templates as ct
+from lav2_jax.systems.llava import conversation as ct
 from lav2_jax.data.samples import Tokenized, _text, kind_of
 from lav2_jax.data.tokenizer import Tokenizer
 
@@ -61,7 +61,7 @@ def tokenize(tok: Tokenizer, segments: Sequence[tuple[str, bool]], max_len: int,
 def truncate(ids: Sequence[int], answer: Sequence[bool], max_len: int, n_image_tokens: int, image_token_id: int
              ) -> Tokenized | None:
     """`ids` (BOS first) with per-id answer flags → tokens/targets/loss_mask of the first `max_len` positions;
-    None when no answer survives or an image would be cut (also used by `lav2_jax.data.owl_samples`)."""
+    None when no answer survives or an image would be cut (also used by `lav2_jax.systems.owl.samples`)."""
     ids_arr = np.asarray(ids, np.int32)
     mask = np.asarray(answer[1:], np.float32)[:max_len]
     if not mask.any():

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig
+from lav2_jax.core.config import AdapterConfig
 from lav2_jax.model.clip import ACT_AXES, Dense, attention_core
 from lav2_jax.model.common import as_dtype, constrain, maybe_remat, scan_layers, tag, trainable_param
 from lav2_jax.model.norms import LayerNorm

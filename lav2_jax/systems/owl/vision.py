@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lav2_jax.config import VisionConfig
+from lav2_jax.core.config import VisionConfig
 from lav2_jax.model.clip import ACT_AXES, CLIPMlp, Dense, embed_with_cls
 from lav2_jax.model.common import constrain, maybe_remat, scan_layers, tag
 from lav2_jax.model.norms import LayerNorm

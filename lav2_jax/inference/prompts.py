@@ -1,10 +1,10 @@
 """The prompt format of each system, for the inference front ends (`lav2 generate`, `lav2 chat`, `lav2 eval`).
 
 `adapter.system` picks the format: `lav2` (LLaMA-Adapter V2, and the default for any system without its own
-entry here) uses `lav2_jax.templates` (Alpaca for single prompts, the ``###`` chat template); `owl` uses
-`lav2_jax.owl_templates` (``Human:`` / ``AI:``, the image as its own ``Human: <image>`` line, which spliced
+entry here) uses `lav2_jax.core.templates` (Alpaca for single prompts, the ``###`` chat template); `owl` uses
+`lav2_jax.systems.owl.templates` (``Human:`` / ``AI:``, the image as its own ``Human: <image>`` line, which spliced
 systems need: the image's visual tokens are written where the prompt says ``<image>``); `llava` uses the
-LLaVA-1.5 `vicuna_v1` template of `lav2_jax.conversation_templates` (``USER: <image>\n… ASSISTANT:``, the image
+LLaVA-1.5 `vicuna_v1` template of `lav2_jax.systems.llava.conversation` (``USER: <image>\n… ASSISTANT:``, the image
 at the front of the first human turn, replies ending at ``</s>``).
 
   instruction_prompt(adapter, instruction, input_text=None, image=False)  one question → final prompt string
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from lav2_jax import conversation_templates, owl_templates, templates
+from lav2_jax.systems.llava import conversation as conversation_templates
+from lav2_jax.systems.owl import templates as owl_templates
+from lav2_jax.core import templates
 
 OWL_CAPTION_QUESTION = "Describe the image briefly."
 LLAVA_TEMPLATE = "vicuna_v1"

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from lav2_jax.config import AbstractorConfig, AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
+from lav2_jax.core.config import AbstractorConfig, AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "llama1-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, norm_eps=1e-6),

@@ -36,7 +36,7 @@ def chat_plan(c, shards: list, prefix: str) -> list:
 def convert_chat65b(ckpts: list, params: str, tokenizer: str, out_dir: str, *, weight_dtype: str = "bfloat16",
                     max_seq_len: int = 2048, overwrite: bool = False) -> str:
     """`lav2 convert chat65b --ckpt FILE [FILE ...] --params params.json --tokenizer tokenizer.model --out OUT`."""
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint.convert.meta import (META_IGNORE, config_from_params, llama_plan, read_params,
                                                   tokenizer_vocab)
     from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets

@@ -1,4 +1,4 @@
-"""LLaVA checkpoints → our tree (SEED_SYSTEMS.md §2; model in `lav2_jax.model.llava`).
+"""LLaVA checkpoints → our tree (SEED_SYSTEMS.md §2; model in `lav2_jax.systems.llava.projector`).
 
 Two layouts, told apart by `config.json`:
 
@@ -29,7 +29,7 @@ from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.clip import HF_ROOT, clip_plan, clip_sources, hf_heads, infer_vision, open_clip
 from lav2_jax.checkpoint.convert.hf import HF_IGNORE, hf_config, hf_llama_plan, read_json, weight_files
 from lav2_jax.checkpoint.convert.plan import Ref, single
-from lav2_jax.config import SpliceConfig, VisionConfig
+from lav2_jax.core.config import SpliceConfig, VisionConfig
 
 LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                   "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6}
@@ -106,7 +106,7 @@ def _tokenizer(directory: str) -> Optional[str]:
 
 
 def _write(out_dir, config, vision, splice, plan, sources, cfg_path, tokenizer, overwrite, meta) -> str:
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
     from lav2_jax.checkpoint.layout import CheckpointConfig
     from lav2_jax.model.factory import build_model

@@ -1,5 +1,5 @@
 """LLaVA's conversation templates (LLaVA paper §5; LLaVA-1.5): `plain`, `vicuna_v1`, `llava_v1` and the v0 ``###``
-template, as loss-annotated segments shared by training data (`lav2_jax.data.llava_samples`) and generation.
+template, as loss-annotated segments shared by training data (`lav2_jax.systems.llava.samples`) and generation.
 
 A conversation is ``[(role, text), ...]`` with roles alternating ``"human"`` / ``"assistant"``, starting with a
 human turn. `image_turn` is the index of the turn that carried ``<image>`` in the source (-1: none); as in LLaVA's
@@ -7,7 +7,7 @@ training data preparation its text becomes ``"<image>\\n" + text`` (the placehol
 
 Segments are ``(text, is_answer)`` pairs whose concatenation is the sample. Two texts are *special segments*,
 never plain text: `IMAGE` (``"<image>"``, the image's visual tokens) and `EOS` (``"</s>"``, the tokenizer's EOS
-id, LLaVA's `sep2`). Tokenization (`lav2_jax.data.llava_samples.encode`) starts a new text run after BOS, an
+id, LLaVA's `sep2`). Tokenization (`lav2_jax.systems.llava.samples.encode`) starts a new text run after BOS, an
 image or an EOS (each run gets the tokenizer's dummy prefix, like LLaVA's per-chunk tokenization around the image
 and a legacy LLaMA tokenizer after ``</s>``); the other segment boundaries fall right before a space, where
 sentencepiece never merges across, so the tokens are those of the whole string.
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lav2_jax.templates import CHAT_SYSTEM, ROLES, Segments, render  # noqa: F401 - render: part of this API
+from lav2_jax.core.templates import CHAT_SYSTEM, ROLES, Segments, render  # noqa: F401 - render: part of this API
 
 IMAGE = "<image>"
 EOS = "</s>"

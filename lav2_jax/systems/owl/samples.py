@@ -1,6 +1,6 @@
 """From a stored record to one mPLUG-Owl training sequence (SEED_SYSTEMS.md §3.3; mPLUG-Owl paper §4).
 
-Segments come from `lav2_jax.owl_templates`. Token rule (the release's): one BOS, then every text segment is
+Segments come from `lav2_jax.systems.owl.templates`. Token rule (the release's): one BOS, then every text segment is
 tokenized on its own (`tok.encode`: the dummy prefix, no special tokens), an `IMAGE` segment becomes
 `n_image_tokens` (Q + 1) copies of `image_token_id`, an `EOS` segment the tokenizer's EOS id. ``tokens =
 ids[:-1]``, ``targets = ids[1:]``, ``loss_mask[k] = 1`` where ``targets[k]`` belongs to an answer (the answers and
@@ -28,8 +28,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from lav2_jax import owl_templates as ot
-from lav2_jax.conversation_templates import EOS, IMAGE
+from lav2_jax.systems.owl import templates as ot
+from lav2_jax.systems.llava.conversation import EOS, IMAGE
 from lav2_jax.data.samples import Tokenized, _text, kind_of
 from lav2_jax.data.tokenizer import Tokenizer
 
@@ -58,7 +58,7 @@ def encode(tok: Tokenizer, segments: Sequence[tuple[str, bool]], n_image_tokens:
 def tokenize(tok: Tokenizer, segments: Sequence[tuple[str, bool]], max_len: int, n_image_tokens: int,
              image_token_id: int) -> Optional[Tokenized]:
     """Tokens/targets/loss_mask truncated to `max_len`; None when no answer survives or an image would be cut."""
-    from lav2_jax.data.llava_samples import truncate
+    from lav2_jax.systems.llava.samples import truncate
 
     return truncate(*encode(tok, segments, n_image_tokens, image_token_id), max_len, n_image_tokens, image_token_id)
 

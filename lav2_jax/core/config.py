@@ -2,7 +2,7 @@
 
 `ModelConfig` describes the frozen LLaMA (DESIGN.md §1.1), `AdapterConfig` every trainable addition of
 LLaMA-Adapter V2 (§1.2–1.3, paper §4.1–4.3), `VisionConfig` the frozen CLIP tower (§1.3). Named presets live in
-`lav2_jax.presets`.
+`lav2_jax.core.presets`.
 """
 
 from __future__ import annotations

@@ -3,12 +3,12 @@
 `owl_visual_tokens(splice, vision, model, images [M, H, W, 3]) -> [M, Q + 1, D]` (the visual encoder of
 `lav2_jax.model.splice` for system `owl`):
 
-  f = OwlVisionModel(images)                 [M, T, W]   every token, post-layernormed (`lav2_jax.model.owl_vision`)
-  y = VisualAbstractor(f)                    [M, Q + 1, D]  queries + `vit_eos` (`lav2_jax.model.abstractor`)
+  f = OwlVisionModel(images)                 [M, T, W]   every token, post-layernormed (`lav2_jax.systems.owl.vision`)
+  y = VisualAbstractor(f)                    [M, Q + 1, D]  queries + `vit_eos` (`lav2_jax.systems.owl.abstractor`)
 
 The Q + 1 tokens overwrite the `splice.n_tokens` (= Q + 1, 65 in the release) placeholder ids of each `<image>`, in
 place (the sequence length does not change). The vision model is *not* stop-gradiented: Owl stage 1 trains it;
-whether a leaf trains is the recipe's decision (`lav2_jax.param_groups`).
+whether a leaf trains is the recipe's decision (`lav2_jax.core.param_groups`).
 
 Parameter tree: `owl_vision/...` (the vision model) and `abstractor/...` (the abstractor), top-level.
 """
@@ -18,11 +18,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AbstractorConfig, ModelConfig, SpliceConfig, VisionConfig
-from lav2_jax.model.abstractor import VisualAbstractor
+from lav2_jax.core.config import AbstractorConfig, ModelConfig, SpliceConfig, VisionConfig
+from lav2_jax.systems.owl.abstractor import VisualAbstractor
 from lav2_jax.model.clip import ACT_AXES
 from lav2_jax.model.common import constrain
-from lav2_jax.model.owl_vision import OwlVisionModel
+from lav2_jax.systems.owl.vision import OwlVisionModel
 
 OWL_IMAGE_TOKEN_ID = -1  # the release's placeholder id (`processing_mplug_owl`: 65 ids −1 per `<image>`)
 

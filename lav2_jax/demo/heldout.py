@@ -45,8 +45,8 @@ def load_heldout(path: str) -> dict[str, Any]:
 
 def items(data: dict[str, Any], adapter=None) -> list[Item]:
     """Every held-out prompt as a runner Item (`meta` carries the task, attribute and expected answer), in the
-    prompt format of `adapter`'s system (`lav2_jax.system_templates`; None: LLaMA-Adapter V2's)."""
-    from lav2_jax import system_templates as st
+    prompt format of `adapter`'s system (`lav2_jax.inference.prompts`; None: LLaMA-Adapter V2's)."""
+    from lav2_jax.inference import prompts as st
 
     out = []
     for i, s in enumerate(data["scenes"]):

@@ -1,7 +1,7 @@
 """Trainable parameters → the released LLaMA-Adapter V2 file format (inverse of `convert.official`).
 
 `export_official(ckpt, out_file)` writes `{'model': {...}, 'config': {'w_bias', 'w_lora', 'lora_rank'}}` with the
-key map of `lav2_jax.checkpoint.convert.official` run backwards (kernels transposed back to torch [out, in], q/k
+key map of `lav2_jax.systems.lav2.convert_official` run backwards (kernels transposed back to torch [out, in], q/k
 output rows back to Meta's interleaved RoPE order). A checkpoint converted from a released file keeps that file's
 config and tensor dtypes in `meta['official']`, so `official → orbax → official` is bit-exact. Only adapters the
 released format can express are accepted: official fusion, bias on wq wo w1 w2 w3 (or none), LoRA on all seven.
@@ -15,8 +15,8 @@ import numpy as np
 from flax import traverse_util
 
 from lav2_jax.checkpoint.convert.ops import half_to_meta
-from lav2_jax.checkpoint.convert.official import BLOCK_DENSE, BLOCK_NORMS, CONNECTOR_DENSE, CONNECTOR_NORMS, GROUP
-from lav2_jax.config import LINEAR_NAMES
+from lav2_jax.systems.lav2.convert_official import BLOCK_DENSE, BLOCK_NORMS, CONNECTOR_DENSE, CONNECTOR_NORMS, GROUP
+from lav2_jax.core.config import LINEAR_NAMES
 
 
 def check_exportable(a, where: str) -> None:
