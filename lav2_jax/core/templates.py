@@ -21,6 +21,7 @@ end its turn; the last turn ends with EOS. Generation therefore stops at EOS or 
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 ALPACA_NO_INPUT = (
@@ -106,3 +107,21 @@ def chat_prompt(turns: Sequence[tuple[str, str]], system: str | None = None) -> 
         return chat_segments([*turns, ("assistant", "")], system)[0][0]
     text = render(chat_segments(turns[:-1], system))
     return f"{text}{CHAT_SEP}{HUMAN}: {turns[-1][1]}{CHAT_SEP}{ASSISTANT}:"
+
+
+def _alpaca_pattern(fmt: str) -> re.Pattern:
+    parts = re.split(r"\{(instruction|input)\}", fmt)
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.*)" for i, p in enumerate(parts))
+    return re.compile(regex + r"\Z", re.DOTALL)
+
+
+_ALPACA_PATTERNS = (_alpaca_pattern(ALPACA_WITH_INPUT), _alpaca_pattern(ALPACA_NO_INPUT))
+
+
+def parse_alpaca(prompt_text: str) -> tuple[str, str | None] | None:
+    """(instruction, input or None) of a prompt written by `alpaca`, or None for any other text."""
+    for pattern in _ALPACA_PATTERNS:
+        m = pattern.match(prompt_text)
+        if m:
+            return m.group("instruction"), m.groupdict().get("input")
+    return None

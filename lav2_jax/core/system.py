@@ -1,0 +1,127 @@
+"""`System`: what the generic layers ask of a system (docs/design.md, "Package layout and layering").
+
+A system package (`lav2_jax/systems/<name>/system.py`) subclasses `System`, fills in the hooks it has and calls
+`lav2_jax.core.registry.register(MySystem())`. The hooks, by the layer that calls them:
+
+model        `visual_front_end(adapter)`: the function that turns images into visual tokens inside the
+             Transformer's compact scope (`VisualFrontEnd`); `adapter_presets`: named AdapterConfigs
+training     `recipes`: named parameter-group rules (`lav2_jax.core.registry.Recipe`); `model_configs`,
+             `configs_over_base`: (AdapterConfig, VisionConfig) from a training config's `model` section;
+             `pipeline_options`: the data pipeline's fields for this system
+data         `tokenize_record`, `record_images`: one dataset record → a training sample
+inference    `instruction_prompt`, `chat_prompt`, `chat_stop`, `caption_prompt`, `from_alpaca`: the system's
+             prompt format; `max_images`: images one prompt may hold
+checkpoints  `converters` (`lav2 convert SOURCE`), `exporters` (`lav2 export FORMAT`)
+
+Defaults describe a system without that feature (no visual front-end, no recipes, no converters, one image per
+prompt); the prompt hooks have no default, since every system has a prompt format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+import jax
+
+from lav2_jax.core.registry import Recipe
+
+
+class VisualFrontEnd(Protocol):
+    """`encode(adapter, vision, model, images [M, H, W, 3]) -> [M, n_tokens, D]` in `model.dtype`.
+
+    Called inside the Transformer's compact scope, so the submodules it creates with fixed names are top-level
+    parameters of the Transformer (e.g. `clip/...`, `connector/...`, `mm_projector/...`). Frozen towers apply
+    `jax.lax.stop_gradient` to their output themselves. Dropout may use the `dropout` rng when present.
+    """
+
+    def __call__(self, adapter, vision, model, images: jax.Array) -> jax.Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+    """One `lav2 convert SOURCE`: `add_arguments(parser)` adds its own flags (the CLI adds --out, --weight-dtype,
+    --overwrite to every source), `run(args, weight_dtype=..., overwrite=...)` converts and returns the output
+    directory."""
+
+    help: str
+    add_arguments: Callable[[Any], None]
+    run: Callable[..., str]
+    default_weight_dtype: Optional[str] = "bfloat16"
+    dtype_help: str = "default bfloat16"
+
+
+@dataclasses.dataclass(frozen=True)
+class Exporter:
+    """One `lav2 export FORMAT`: `run(ckpt, out, overwrite=...)` writes the export and returns its path."""
+
+    help: str
+    run: Callable[..., str]
+
+
+class System:
+    """Base class of every system (see the module docstring for the hooks)."""
+
+    name: str = ""
+    title: str = ""
+    adapter_presets: Mapping[str, Any] = {}
+    recipes: Mapping[str, Recipe] = {}
+    converters: Mapping[str, Converter] = {}
+    exporters: Mapping[str, Exporter] = {}
+    max_images: Optional[int] = 1  # images one prompt / sample may hold (None: no limit)
+
+    def __repr__(self) -> str:
+        return f"<System {self.name}>"
+
+    # ---- model ----
+    def visual_front_end(self, adapter) -> Optional[VisualFrontEnd]:
+        """The visual front-end of `adapter`'s model, or None for a language-only one."""
+        return None
+
+    # ---- training ----
+    def model_configs(self, mc, model) -> tuple:
+        """(AdapterConfig, VisionConfig | None) of a training config's `model` section `mc` for the language model
+        `model` (a ModelConfig)."""
+        raise ValueError(f"system {self.name!r} has no training configs")
+
+    def configs_over_base(self, mc, model, base, adapter, vision) -> tuple:
+        """(adapter, vision) when training over `base` (the base checkpoint's CheckpointConfig), given the
+        config's own (`adapter`, `vision`). Default: the base's tower when the adapter has a visual path."""
+        if adapter.splice is not None and base.adapter is not None and base.adapter.splice is not None:
+            return adapter.replace(splice=base.adapter.splice), base.vision or vision
+        if adapter.splice is not None or adapter.has_visual:
+            return adapter, base.vision or vision
+        return adapter, None
+
+    def pipeline_options(self, data_config, adapter) -> dict:
+        """Extra `PipelineConfig` fields of this system for a run's `config.data` section."""
+        return {}
+
+    # ---- data ----
+    def tokenize_record(self, tok, record: dict, pick: int, cfg) -> tuple:
+        """(Tokenized | None, number of images) of one dataset record for a `PipelineConfig` `cfg`: None when
+        truncation leaves no answer token (the pipeline drops and counts the sample); `pick` is the caption drawn."""
+        raise ValueError(f"system {self.name!r} has no data pipeline")
+
+    def record_images(self, record: dict, n_images: int, cfg, rng, name: Optional[str]) -> dict:
+        """The image fields of a sample: `image` [H, W, 3] (zeros without an image) and, for systems with several
+        images per sample, `images` [k, H, W, 3]; `rng` is given when training augments images."""
+        raise ValueError(f"system {self.name!r} has no data pipeline")
+
+    # ---- inference: the prompt format ----
+    def instruction_prompt(self, adapter, instruction: str, input_text: Optional[str] = None, image=False) -> str:
+        raise NotImplementedError
+
+    def chat_prompt(self, adapter, turns: Sequence[tuple[str, str]], system: Optional[str] = None,
+                    image=False) -> str:
+        raise NotImplementedError
+
+    def chat_stop(self, adapter) -> str:
+        raise NotImplementedError
+
+    def caption_prompt(self, adapter) -> str:
+        raise NotImplementedError
+
+    def from_alpaca(self, adapter, prompt_text: str, image=False) -> str:
+        """An Alpaca-formatted prompt (what the benchmarks of `lav2_jax.eval` write) in this system's format."""
+        return prompt_text
