@@ -119,15 +119,16 @@ def worker_ours(a) -> dict:
     model, params = decode_view(None, model, params, None)  # the layout generate() decodes with (CPU: unstacked)
     c = model.config
     new_len, cache_len = NEW_TOKENS, PROMPT_LEN + NEW_TOKENS
-    scalars = dict(key=jax.random.PRNGKey(0), temperature=jnp.float32(1), top_p=jnp.float32(1),
-                   eos_id=jnp.int32(-1), pad_id=jnp.int32(0))
+    spec = engine.SamplingSpec(key=jax.random.PRNGKey(0), temperature=jnp.float32(1), top_p=jnp.float32(1),
+                               eos_id=jnp.int32(-1), pad_id=jnp.int32(0), greedy=True, cache_len=cache_len,
+                               new_len=new_len)
     rows, first = [], None
     for B in a.batches:
         inputs = dict(tokens=jnp.asarray(prompt_ids(B, c.vocab_size)), lengths=jnp.full((B,), PROMPT_LEN, jnp.int32),
                       budgets=jnp.full((B,), NEW_TOKENS, jnp.int32), images=None, has_image=None)
-        args = (model, True, cache_len, new_len, params)
-        prefill = lambda: jax.block_until_ready(engine.prefill_fn(*args, **inputs, **scalars)["tok"])  # noqa: E731
-        gen = lambda: jax.block_until_ready(engine.generate_fn(*args, **inputs, **scalars))  # noqa: E731
+        args = (model, spec, params)
+        prefill = lambda: jax.block_until_ready(engine.prefill_fn(*args, **inputs).tok)  # noqa: E731
+        gen = lambda: jax.block_until_ready(engine.generate_fn(*args, **inputs))  # noqa: E731
         rows.append(rates(B, timed(prefill, a.iters), timed(gen, a.iters)))
         if B == 1:
             first = np.asarray(gen()[0][0]).tolist()

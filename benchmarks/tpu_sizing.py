@@ -86,7 +86,7 @@ def compile_row(row: str, variant: str, batch: int, remat: str | None = None, ac
     mesh = aot.topology_mesh(topology, 1, -1, 1)
     if kind == "generate":
         from lav2_jax.core import presets
-        from lav2_jax.core.flops import analytic_forward_flops
+        from lav2_jax.model.flops import analytic_forward_flops
         from lav2_jax.model.factory import build_model
 
         model = build_model(presets.get_model(preset).replace(attention=VARIANTS[variant][1]),

@@ -68,6 +68,27 @@ def test_round_trip_exact_and_items_split(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary dirs left
 
 
+def test_config_names_its_system_and_one_without_it_still_loads(tmp_path):
+    """config.json records the adapter's system; one written before it did (no "system") loads the same."""
+    model = _model()
+    params = _params(model)
+    out = save_pretrained(tmp_path / "ckpt", model, params)
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        data = json.load(f)
+    assert data["system"] == "lav2" and read_config(out).system == "lav2"
+    del data["system"]
+    with open(path, "w") as f:
+        json.dump(data, f)
+    bundle = lav2_jax.load_pretrained(out)
+    assert bundle.config.system == "lav2" and bundle.model.adapter == model.adapter
+    np.testing.assert_array_equal(_logits(bundle.model, bundle.params), _logits(model, params))
+    with open(path, "w") as f:
+        json.dump(dict(data, system="owl"), f)
+    with pytest.raises(ValueError, match="names system 'owl' but its adapter is of system 'lav2'"):
+        read_config(out)
+
+
 def test_restore_in_runs_of_bounded_size_is_exact(tmp_path, monkeypatch):
     """Restores go in runs of at most CHUNK_BYTES (host-memory bound); many small runs give the same tree."""
     model = _model(weight_dtype="bfloat16")

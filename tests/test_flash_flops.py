@@ -10,7 +10,7 @@ import pytest
 from lav2_jax.train import aot
 from lav2_jax.core import presets
 from lav2_jax.cli.main import main
-from lav2_jax.core.flops import analytic_forward_flops
+from lav2_jax.model.flops import analytic_forward_flops
 from lav2_jax.model.factory import build_model
 from lav2_jax.model.flash import splash_attention
 from lav2_jax.model.segments import causal_mask, segment_positions

@@ -191,7 +191,7 @@ def test_data_build_conversation_to_llava_batches(tmp_path, tok):
     assert [int(records[k]["image_turn"]) for k in sorted(records)] == [0, 0, -1]
     cfg = dict(batch_size=3, max_len=256, shuffle=False, num_epochs=1, train=True, image_size=16, shard_index=0,
                shard_count=1, image_tokens=N_IMG, image_token_id=IMG, image_aspect="pad")
-    batch = next(iter(Pipeline(out, tok, PipelineConfig(template="vicuna_v1", **cfg))))
+    batch = next(iter(Pipeline(out, tok, PipelineConfig(system="llava", template="vicuna_v1", **cfg))))
     order = [r["source"].decode() for r in open_source(out)]
     assert batch["has_image"].tolist() == [bool(open_source(out)[i]["has_image"]) for i in range(3)]
     expected_img = llava_samples.preprocess_image(str(tmp_path / "coco" / "a.png"), 16, "pad")
@@ -211,7 +211,7 @@ def test_data_build_conversation_to_llava_batches(tmp_path, tok):
     after = batch["tokens"][row][np.flatnonzero(batch["tokens"][row] == IMG)[-1] + 1:]
     head = tok.encode("\nWhat is this? ASSISTANT:")  # `<image>` moved to the front of its turn
     np.testing.assert_array_equal(after[:len(head)], head)
-    plain = list(Pipeline(out, tok, PipelineConfig(template="plain", **{**cfg, "batch_size": 1})))
+    plain = list(Pipeline(out, tok, PipelineConfig(system="llava", template="plain", **{**cfg, "batch_size": 1})))
     assert len(plain) == 2  # the text-only sample is no stage-1 sample: dropped and counted
     cap = [b for b in plain if tok.decode(b["targets"][0][b["loss_mask"][0] == 1]).startswith("a grey cat")]
     assert cap and (cap[0]["tokens"][0, 1:1 + N_IMG] == IMG).all()
@@ -229,6 +229,7 @@ def test_pad_to_square_fills_mean_colour():
 
 def test_inference_prompts_of_a_llava_checkpoint_use_vicuna_v1():
     from lav2_jax.core import presets
+    from lav2_jax.core import templates
     from lav2_jax.inference import prompts as system_templates
 
     adapter = presets.get_adapter("llava15")
@@ -241,5 +242,5 @@ def test_inference_prompts_of_a_llava_checkpoint_use_vicuna_v1():
     assert two.endswith("USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Colour? ASSISTANT:")
     assert system_templates.chat_stop(adapter) == "</s>"
     assert "<image>" in system_templates.caption_prompt(adapter)
-    alpaca = system_templates.templates.alpaca("Is it red?")
+    alpaca = templates.alpaca("Is it red?")
     assert system_templates.from_alpaca(adapter, alpaca, image=True).endswith("USER: <image>\nIs it red? ASSISTANT:")

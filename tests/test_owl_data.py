@@ -2,7 +2,7 @@
 
 Proves: the generation prompt is the release's text exactly; a jsonl of Owl objects (`text` + `image` list) builds
 with text-only and multi-image samples kept and mismatched / misplaced-image samples skipped with counted reasons;
-read back through the pipeline with `template="owl"`, every sample is BOS + separately tokenized text chunks with
+read back through the pipeline with `system="owl"`, every sample is BOS + separately tokenized text chunks with
 Q + 1 placeholder ids at each `<image>` (in place), loss exactly on each answer and the EOS after it (never on the
 system text, `Human:` turns, role tags, image tokens or padding); image j of a sample fills slot j of `images`
 [B, max_images, ...] (padding slots zero and marked False), a sample with more images than slots is dropped and
@@ -79,7 +79,7 @@ def built(tmp_path_factory):
 
 def _pipeline(out, tok, **kw):
     cfg = dict(batch_size=1, max_len=512, shuffle=False, num_epochs=1, train=False, image_size=SIZE, shard_index=0,
-               shard_count=1, template="owl", image_tokens=N_TOK, image_token_id=PID)
+               shard_count=1, system="owl", image_tokens=N_TOK, image_token_id=PID)
     return Pipeline(out, tok, PipelineConfig(**{**cfg, **kw}))
 
 

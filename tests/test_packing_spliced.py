@@ -123,7 +123,7 @@ def test_packed_llava_pipeline_fills_image_slots_in_segment_order(dataset):
     d, out, tok = dataset
     n_img, img_id = 3, 500
     cfg = PipelineConfig(batch_size=2, max_len=512, image_size=16, shard_index=0, shard_count=1, seed=1,
-                         num_epochs=1, drop_remainder=False, template="vicuna_v1", image_tokens=n_img,
+                         num_epochs=1, drop_remainder=False, system="llava", template="vicuna_v1", image_tokens=n_img,
                          image_token_id=img_id, image_aspect="pad", augment=False, packing=True, max_segments=2)
     by_answer = {r["values"][-1].decode(): r for r in open_source(out)}
     seen, texts_in_rows = set(), 0

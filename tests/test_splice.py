@@ -79,7 +79,7 @@ def test_image_k_fills_the_kth_placeholder_run(llava, fwd):
     model, params = llava
     tokens = jnp.asarray([_row([1, 5], 2, [8, 9])])
     images = _images(2)[None]  # [1, 2, H, W, 3]
-    vt = jax.jit(VisualTokens(model.config, model.adapter, model.vision).apply)({"params": params}, images[0])
+    vt = jax.jit(VisualTokens.of(model).apply)({"params": params}, images[0])
     chex.assert_shape(vt, (2, N_TOK, model.config.dim))
     out = fwd(params, tokens, images)
     chex.assert_trees_all_close(out, fwd(params, tokens, visual_tokens=vt[None]), atol=1e-5)
@@ -144,8 +144,12 @@ def test_placeholder_and_config_checks():
         splice.count_images([1] + [IMG] * 5, IMG, N_TOK)
     with pytest.raises(ValueError, match="row 1: the prompt holds 0"):
         splice.check_placeholders(np.array([_row([1], 1, []), [1] * (N_TOK + 2)]), IMG, N_TOK, [1, 1])
-    with pytest.raises(ValueError, match="n_tokens=10"):
-        SpliceConfig(n_tokens=10).check(VISION)
+    with pytest.raises(ValueError, match="n_tokens=10"):  # LLaVA's own check (System.check_configs)
+        build_model(presets.get_model("tiny"), presets.get_adapter("none").replace(splice=SpliceConfig(n_tokens=10)),
+                    VISION)
+    with pytest.raises(ValueError, match="unknown system 'bogus'"):
+        build_model(presets.get_model("tiny"), presets.get_adapter("none").replace(
+            splice=SpliceConfig(system="bogus")), VISION)
     with pytest.raises(ValueError, match="visual_fusion must be 'none'"):
         AdapterConfig(splice=SpliceConfig())
     with pytest.raises(ValueError, match="projector"):

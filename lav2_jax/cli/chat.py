@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lav2_jax.core import registry
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lav2_jax.cli.generate import add_sampling_arguments
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.generate import check_image_path, load_bundle, model_pixels
+    from lav2_jax.cli.generate import check_image_path, load_bundle, model_pixels, multi_image_systems
     from lav2_jax.cli.main import UserError
     from lav2_jax.inference import PromptError
     from lav2_jax.inference.chat import ChatSession
@@ -31,8 +33,9 @@ def run(args) -> int:
 
     paths = [check_image_path(p) for p in args.image or ()]
     bundle = load_bundle(args)
-    if len(paths) > 1 and bundle.model.adapter.system != "owl":
-        raise UserError(f"{len(paths)} --image given: several images per conversation are mPLUG-Owl's")
+    limit = registry.of(bundle.model.adapter).max_images
+    if limit is not None and len(paths) > limit:
+        raise UserError(f"{len(paths)} --image given: several images per conversation are {multi_image_systems()}'s")
     pixels = [model_pixels(bundle, p) for p in paths]
     pixels = None if not pixels else pixels[0] if len(pixels) == 1 else np.stack(pixels)
     session = ChatSession(bundle, image=pixels, system=args.system, max_new_tokens=args.max_new_tokens,

@@ -163,9 +163,7 @@ def _forward(args) -> dict:
                                                       ("remat_policy", args.remat),
                                                       ("attention", args.attention)) if v})
         adapter = presets.get_adapter(args.adapter)
-        from lav2_jax.cli.info import DEFAULT_VISION
-
-        vision_name = args.vision or DEFAULT_VISION.get(args.adapter, "vit-l-14")
+        vision_name = args.vision or presets.default_vision(args.adapter)
         vision = presets.get_vision(vision_name) if adapter.has_visual or adapter.splice is not None else None
         model = build_model(config, adapter, vision)
         mesh = aot.topology_mesh(args.topology, data, fsdp, tensor)
@@ -174,7 +172,7 @@ def _forward(args) -> dict:
     if args.batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise UserError(f"--batch {args.batch} does not divide over data×fsdp = "
                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    from lav2_jax.core.flops import analytic_forward_flops
+    from lav2_jax.model.flops import analytic_forward_flops
 
     report = aot.compile_report(args.topology, mesh, aot.compile_forward(model, mesh, args.batch, args.seq))
     what = f"{args.model} + {args.adapter}: forward, batch {args.batch} × {args.seq} tokens"

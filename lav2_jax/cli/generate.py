@@ -24,6 +24,8 @@ import json
 import os
 import sys
 
+from lav2_jax.core import registry
+
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared with `lav2 chat`."""
@@ -35,7 +37,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens to generate at most; capped at the context left after the prompt (max_seq_len)")
     p.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, the release's)")
     p.add_argument("--top-p", type=float, default=0.75, help="the release's top-p rule (DESIGN.md §3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the checkpoint dtype")
 
 
@@ -117,8 +119,8 @@ class _Composer:
                 raise UserError(str(e)) from None
 
     def __call__(self, prompt: str, input_text, image, where: str = ""):
-        from lav2_jax.inference import prompts as system_templates
         from lav2_jax.cli.main import UserError
+        from lav2_jax.inference import prompts  # here: the package loads jax (the CLI's start-up time)
 
         check_text(prompt, "prompt", where)
         if input_text:
@@ -136,7 +138,7 @@ class _Composer:
                 raise UserError(f"{where}{e}") from None
             pixels = model_pixels(self.bundle, image, where) if self.bundle.model.vision is not None else None
             return text, pixels
-        text = prompt if self.raw else system_templates.instruction_prompt(  # Alpaca; mPLUG-Owl: Human/AI
+        text = prompt if self.raw else prompts.instruction_prompt(  # the system's format (Alpaca, Human/AI, ...)
             self.bundle.model.adapter, prompt, input_text, image is not None)
         return text, None if image is None else model_pixels(self.bundle, image, where)
 
@@ -144,21 +146,27 @@ class _Composer:
         """Several images for one prompt: (prompt with one `<image>` per image, pixels [k, H, W, 3])."""
         import numpy as np
 
-        from lav2_jax.inference import prompts as system_templates
         from lav2_jax.cli.main import UserError
+        from lav2_jax.inference import prompts  # here: the package loads jax (the CLI's start-up time)
 
         adapter = self.bundle.model.adapter
         if self.expert is not None:
             raise UserError("--expert reads one image; give a single --image")
         if adapter.splice is None:
             raise UserError(f"{len(paths)} --image given, but this checkpoint's model takes one image per prompt "
-                            "(several images need a spliced system: mPLUG-Owl)")
-        if not self.raw and adapter.system != "owl":
-            raise UserError(f"{len(paths)} --image given: only mPLUG-Owl's template places several images "
-                            "(or write the <image> markers yourself with --raw)")
+                            f"(several images need a spliced system: {multi_image_systems()})")
+        limit = registry.of(adapter).max_images
+        if not self.raw and limit is not None and len(paths) > limit:
+            raise UserError(f"{len(paths)} --image given: only {multi_image_systems()}'s template places several "
+                            "images (or write the <image> markers yourself with --raw)")
         check_text(prompt, "prompt")
-        text = prompt if self.raw else system_templates.instruction_prompt(adapter, prompt, input_text, len(paths))
+        text = prompt if self.raw else prompts.instruction_prompt(adapter, prompt, input_text, len(paths))
         return text, np.stack([model_pixels(self.bundle, p) for p in paths])
+
+
+def multi_image_systems() -> str:
+    """The titles of the systems whose prompts may hold several images (`System.max_images`), e.g. mPLUG-Owl."""
+    return " or ".join(s.title for s in registry.all_systems() if s.max_images is None or s.max_images > 1)
 
 
 def check_text(text: str, what: str, where: str = "") -> None:

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request body cap")
     g.add_argument("--max-image-bytes", type=int, default=4 * 2**20, help="decoded image file cap")
     g.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="image width*height cap")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn log level (default info)")
 
 
 def read_api_key(path: str) -> str:

@@ -5,7 +5,8 @@ examples, e.g. `--config.total_steps=100 --config.mesh.fsdp=8`. Checkpoints, Ten
 `metrics.jsonl` go under DIR; running the same command again resumes from the newest readable checkpoint there
 (an unreadable newer one is reported and moved aside), `--resume-from STEP` from that step. An override of a field
 the config lacks, or a value of the wrong type, is a one-line error naming the field and the closest valid ones;
-so is a `config.data.tokenizer` that is missing, unreadable or has more pieces than the model's vocab_size.
+so is a `config.data.tokenizer` that is missing, unreadable or has more pieces than the model's vocab_size, and a
+`config.param_recipe` no system defines (`lav2 train --help` and `lav2 info --recipes` list them per system).
 Exit status 0 also after a SIGTERM (a checkpoint was written: rerun to resume), 3 on a non-finite loss, 4 when a
 data worker process died (one line naming the step and the checkpoint to resume from).
 """
@@ -15,6 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lav2_jax.cli.info import recipe_listing
+from lav2_jax.core import registry
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="config file, e.g. configs/tiny_joint.py")
@@ -23,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resume from this checkpoint step (default: the newest readable one); newer steps are "
                         "moved aside to <workdir>/discarded_checkpoints")
     accept_config_overrides(p)
+    format_help = p.format_help
+
+    def format_help_with_recipes():  # the listing loads every system (jax): only when help is asked for
+        return format_help() + "\ntraining recipes (config.param_recipe), by system:\n" + recipe_listing() + "\n"
+
+    p.format_help = format_help_with_recipes
 
 
 def accept_config_overrides(p: argparse.ArgumentParser) -> None:
@@ -66,6 +76,10 @@ def run(args) -> int:
         raise
     except Exception as e:  # noqa: BLE001 - absl / ml_collections raise many types for a bad flag or file
         raise UserError(f"{args.config}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    if config.param_recipe not in registry.recipes():
+        known = "; ".join(f"{n}: {', '.join(registry.recipes(n))}" for n in registry.names())
+        raise UserError(f"{args.config}: config.param_recipe={config.param_recipe!r} is no training recipe; "
+                        f"known, by system: {known}")
     from lav2_jax.checkpoint.items import CheckpointReadError
     from lav2_jax.data.tokenizer import TokenizerError
     from lav2_jax.train.data import DataWorkerError

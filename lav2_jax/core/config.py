@@ -11,9 +11,10 @@ import dataclasses
 import math
 from typing import Optional
 
+from lav2_jax.core import registry
+
 LINEAR_KINDS = ("output", "input", "bias_qo_ffn", "none")
 FUSION_MODES = ("early", "official", "none")
-SYSTEMS = ("lav2", "llava", "owl")
 SPLICE_SELECTS = ("patch", "cls_patch", "all")
 PROJECTORS = ("linear", "mlp2x_gelu", "none")
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -167,7 +168,9 @@ class AdapterConfig:
         return self.lora_rank > 0 and name in self.lora_targets
 
     def check(self, model: ModelConfig) -> None:
-        """Validates the adapter against the model it adapts."""
+        """Validates the adapter against the model it adapts (and a splice's system against the registry)."""
+        if self.splice is not None:
+            self.splice.check()
         if self.prompt_layers > model.n_layers:
             raise ValueError(f"AdapterConfig.prompt_layers={self.prompt_layers} exceeds n_layers={model.n_layers}")
         if self.visual_fusion == "early" and self.early_layers + (self.prompt_layers if self.has_prompts else 0) > model.n_layers:
@@ -239,13 +242,14 @@ class SpliceConfig:
     """A spliced visual path (LLaVA, mPLUG-Owl; SEED_SYSTEMS.md §1.2, §3.3): each image contributes `n_tokens`
     visual tokens that replace `n_tokens` copies of `image_token_id` in the prompt (`lav2_jax.model.splice`).
 
-    system: `llava` | `owl` (the visual encoder `lav2_jax.model.splice.visual_encoder` runs).
+    system: the registered system (`lav2_jax.core.registry`) whose visual front-end encodes the images (`llava`,
+      `owl`, ...; `System.visual_front_end`), checked by `check`.
     image_token_id: the placeholder id; it need not lie inside the vocabulary (it is never embedded).
     feature_layer: Hugging Face `hidden_states` index of the vision tower that is read (0 = embeddings after
       ln_pre, i = output of block i, −2 = the penultimate block; never post-layernormed). LLaVA only.
     select: `patch` (drop CLS), `cls_patch` (keep it), `all` (every token; mPLUG-Owl).
     projector: `linear` | `mlp2x_gelu` (Linear → exact GELU → Linear) for LLaVA; `none` for mPLUG-Owl.
-    n_tokens: visual tokens per image (checked against the vision tower by `check`).
+    n_tokens: visual tokens per image (LLaVA checks it against the vision tower: `System.check_configs`).
     max_images: image slots per sequence (`images` [B, max_images, H, W, 3]).
     abstractor: mPLUG-Owl's visual abstractor (None for LLaVA).
     image_aspect_ratio: host preprocessing, `square` (CLIP resize + centre crop) or `pad` (LLaVA-1.5: mean-colour
@@ -265,8 +269,8 @@ class SpliceConfig:
     def __post_init__(self):
         if isinstance(self.abstractor, dict):  # from config.json
             object.__setattr__(self, "abstractor", AbstractorConfig(**self.abstractor))
-        if self.system not in SYSTEMS or self.system == "lav2":
-            raise ValueError(f"SpliceConfig.system={self.system!r} not in {SYSTEMS[1:]}")
+        if not self.system or not isinstance(self.system, str):
+            raise ValueError(f"SpliceConfig.system must name a system, got {self.system!r}")
         if self.select not in SPLICE_SELECTS:
             raise ValueError(f"SpliceConfig.select={self.select!r} not in {SPLICE_SELECTS}")
         if self.projector not in PROJECTORS:
@@ -276,17 +280,10 @@ class SpliceConfig:
         if self.n_tokens < 1 or self.max_images < 1:
             raise ValueError(f"SpliceConfig: n_tokens={self.n_tokens} and max_images={self.max_images} must be >= 1")
 
-    def check(self, vision: Optional[VisionConfig]) -> None:
-        """Validates against the vision tower: LLaVA's token count follows from the image size and `select`."""
-        if vision is None or self.system != "llava":
-            return
-        if not -(vision.layers + 1) <= self.feature_layer <= vision.layers:
-            raise ValueError(f"SpliceConfig.feature_layer={self.feature_layer} is outside the tower's "
-                             f"{vision.layers + 1} hidden states")
-        expected = vision.num_patches + (0 if self.select == "patch" else 1)
-        if self.n_tokens != expected:
-            raise ValueError(f"SpliceConfig.n_tokens={self.n_tokens} but a {vision.image_size}px tower with "
-                             f"select={self.select!r} gives {expected} tokens per image")
+    def check(self) -> None:
+        """Raises ValueError naming the known systems when `system` is not registered (`lav2_jax.core.registry`);
+        the system's own checks against the vision tower are `System.check_configs`."""
+        registry.get(self.system)
 
     def replace(self, **kw) -> "SpliceConfig":
         return dataclasses.replace(self, **kw)

@@ -1,11 +1,14 @@
 """Named model, adapter and vision presets (DESIGN.md §1, §7).
 
-`get_model("llama1-7b")`, `get_adapter("paper")`, `get_vision("vit-l-14")`; `*_PRESETS` list the names.
+`get_model("llama1-7b")`, `get_adapter("paper")`, `get_vision("vit-l-14")`; `MODEL_PRESETS`, `VISION_PRESETS` and
+`adapter_presets()` list the names. Adapter presets: the language-only `none` and `lora` here, every other one in
+its system (`systems/<name>/presets.py`, `System.adapter_presets`).
 """
 
 from __future__ import annotations
 
-from lav2_jax.core.config import AbstractorConfig, AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
+from lav2_jax.core import registry
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "llama1-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, norm_eps=1e-6),
@@ -29,41 +32,13 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
                         max_seq_len=128, weight_dtype="float32", dtype="float32"),
 }
 
-ADAPTER_PRESETS: dict[str, AdapterConfig] = {
-    # Paper §4.1-4.3: output-side bias+scale on all linears, norms, 10 adapter prompts in the last 31 layers,
-    # 20 visual prompts gated into the first layer (early fusion), a one-block connector (~15.1 M trainable at 7B).
-    "paper": AdapterConfig(linear_kind="output", norm_tuning=True, prompt_len=10, prompt_layers=31,
-                           visual_fusion="early", early_layers=1, query_len=20, v_depth=1),
-    # Released BIAS-7B: bias on wq wo w1 w2 w3, norms, prompts in 31 layers with visual tokens added to them.
-    "release-bias": AdapterConfig(linear_kind="bias_qo_ffn", norm_tuning=True, prompt_len=10, prompt_layers=31,
-                                  visual_fusion="official", query_len=10, v_depth=8),
-    # Released LORA-BIAS-7B: as above plus LoRA (rank 16, factor 1) on all seven linears and the scalar new_gate.
-    "release-lora-bias": AdapterConfig(linear_kind="bias_qo_ffn", norm_tuning=True, lora_rank=16, new_gate=True,
-                                       prompt_len=10, prompt_layers=31, visual_fusion="official", query_len=10,
-                                       v_depth=8),
-    # Released 65B chat model: input-side scale + bias on all linears and the norms; no prompts, no vision.
-    "chat65b": AdapterConfig(linear_kind="input", norm_tuning=True, prompt_len=0, prompt_layers=0,
-                             visual_fusion="none"),
+# Language-only adapters of any decoder (no visual path); the systems' own presets are `System.adapter_presets`
+# (`systems/<name>/presets.py`), found by `get_adapter` through the registry.
+GENERIC_ADAPTER_PRESETS: dict[str, AdapterConfig] = {
     "lora": AdapterConfig(linear_kind="none", norm_tuning=False, lora_rank=8, prompt_len=0, prompt_layers=0,
                           visual_fusion="none"),
     "none": AdapterConfig(linear_kind="none", norm_tuning=False, prompt_len=0, prompt_layers=0, visual_fusion="none"),
-    # mPLUG-Owl (SEED_SYSTEMS.md §3): the abstractor's 64 queries + vit_eos spliced in place at `<image>` (ids -1);
-    # `owl-lora` adds the released stage-2 LoRA (r 8, alpha 32, dropout 0.05 on wq/wv).
-    "owl": AdapterConfig(linear_kind="none", norm_tuning=False, prompt_len=0, prompt_layers=0, visual_fusion="none",
-                         splice=SpliceConfig(system="owl", image_token_id=-1, select="all", projector="none",
-                                             n_tokens=65, abstractor=AbstractorConfig())),
 }
-ADAPTER_PRESETS["owl-lora"] = ADAPTER_PRESETS["owl"].replace(lora_rank=8, lora_alpha=32.0, lora_dropout=0.05,
-                                                             lora_targets=("wq", "wv"))
-# LLaVA (SEED_SYSTEMS.md §1): CLIP layer −2 patch features through the projector, spliced at `<image>` (id 32000).
-# `llava` = v1 (224 px, 256 tokens, linear), `llava15` = 1.5 (336 px, 576 tokens, mlp2x_gelu, pad), `llava15-lora`
-# adds the 1.5 LoRA (r 128, alpha 256, dropout 0.05 on all seven linears).
-ADAPTER_PRESETS["llava"] = ADAPTER_PRESETS["none"].replace(
-    splice=SpliceConfig(system="llava", projector="linear", n_tokens=256))
-ADAPTER_PRESETS["llava15"] = ADAPTER_PRESETS["none"].replace(
-    splice=SpliceConfig(system="llava", projector="mlp2x_gelu", n_tokens=576, image_aspect_ratio="pad"))
-ADAPTER_PRESETS["llava15-lora"] = ADAPTER_PRESETS["llava15"].replace(lora_rank=128, lora_alpha=256.0,
-                                                                     lora_dropout=0.05)
 
 VISION_PRESETS: dict[str, VisionConfig] = {
     "vit-l-14": VisionConfig(image_size=224, patch_size=14, width=1024, layers=24, heads=16, output_dim=768),
@@ -90,8 +65,29 @@ def get_model(name: str) -> ModelConfig:
     return _get(MODEL_PRESETS, "model", name)
 
 
+def adapter_presets() -> dict[str, AdapterConfig]:
+    """Every adapter preset by name: the generic ones, then each system's (`System.adapter_presets`, in registry
+    order); a name two systems define is a ValueError."""
+    out = dict(GENERIC_ADAPTER_PRESETS)
+    owner = {n: "core" for n in out}
+    for system in registry.all_systems():
+        for name, adapter in system.adapter_presets.items():
+            if name in out:
+                raise ValueError(f"adapter preset {name!r} is defined by both {owner[name]!r} and {system.name!r}")
+            out[name], owner[name] = adapter, system.name
+    return out
+
+
 def get_adapter(name: str) -> AdapterConfig:
-    return _get(ADAPTER_PRESETS, "adapter", name)
+    if name in GENERIC_ADAPTER_PRESETS:
+        return GENERIC_ADAPTER_PRESETS[name]
+    return _get(adapter_presets(), "adapter", name)
+
+
+def default_vision(adapter_name: str) -> str:
+    """The vision preset adapter preset `adapter_name` is built with: its system's `preset_visions` entry, else
+    `vit-l-14` (LLaMA-Adapter V2's CLIP)."""
+    return registry.of(get_adapter(adapter_name)).preset_visions.get(adapter_name, "vit-l-14")
 
 
 def get_vision(name: str) -> VisionConfig:

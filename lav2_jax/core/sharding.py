@@ -6,6 +6,11 @@ A pod configuration changes these rules and the mesh shape, never a module.
 
 from __future__ import annotations
 
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Ordered: flax uses the first rule whose mesh axes are still free for a given array.
@@ -42,10 +47,6 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None):
     """A `jax.sharding.Mesh` with axes (data, fsdp, tensor); one size may be -1 (= fill with the rest)."""
-    import jax
-    import numpy as np
-    from jax.sharding import Mesh
-
     devices = list(jax.devices() if devices is None else devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
@@ -67,10 +68,6 @@ def logical_shardings(boxed_tree, mesh, rules=LOGICAL_RULES):
     Leaves without logical names are replicated. A mesh axis that does not divide the array's dimension is dropped
     for that dimension (replicated) rather than failing, so tiny test models fit any mesh.
     """
-    import flax.linen as nn
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
     specs = nn.get_partition_spec(boxed_tree)
     shapes = nn.unbox(boxed_tree)
 

@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from lav2_jax.core import registry
 from lav2_jax.data import images, samples, sources
 from lav2_jax.data.samples import KINDS
-from lav2_jax.systems.owl import sources as owl_sources
 
 REPORT_FILE = "build_report.json"
 
@@ -41,7 +41,8 @@ class StrictError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One source file (or TFDS catalog) and how to parse it: `format` names a parser in `PARSERS`."""
+    """One source file (or TFDS catalog) and how to parse it: `format` names a parser in `PARSERS`, or a system's
+    own source format (`System.data_kinds`, e.g. mPLUG-Owl's `owl`)."""
 
     format: str
     path: str
@@ -54,8 +55,20 @@ PARSERS: dict[str, Callable[..., Iterator[sources.Item]]] = {
     "tsv": sources.tsv_caption_records,
     "coco": sources.coco_caption_records,
     "tfds_coco": sources.tfds_coco_caption_records,
-    "owl": owl_sources.owl_records,  # mPLUG-Owl `text` + `image` list → conversation records
 }
+
+
+def system_kinds() -> dict:
+    """Every system's own source formats (`System.data_kinds`): {kind: `lav2_jax.core.system.DataKind`}."""
+    return {k: v for system in registry.all_systems() for k, v in system.data_kinds.items()}
+
+
+def parser(fmt: str) -> Callable[..., Iterator[sources.Item]]:
+    """The parser of source format `fmt`: a generic one of `PARSERS`, else the system kind of that name."""
+    known = {**PARSERS, **{k: kind.parse for k, kind in system_kinds().items()}}
+    if fmt not in known:
+        raise ValueError(f"unknown source format {fmt!r}; known: {', '.join(known)}")
+    return known[fmt]
 
 
 @dataclasses.dataclass
@@ -120,7 +133,7 @@ def _init_worker(tokenizer_path: str | None, max_len: int | None) -> None:
 
 def _parse_source(src: Source) -> list[sources.Item]:
     try:
-        return list(PARSERS[src.format](src.path, **dict(src.options)))
+        return list(parser(src.format)(src.path, **dict(src.options)))
     except sources.SourceError as e:
         return [(src.path, sources.Skip("__fatal__", str(e)))]
 

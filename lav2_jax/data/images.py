@@ -235,3 +235,15 @@ def augment(src: ImageSource | Image.Image, rng: np.random.Generator, size: int 
     """
     img = _aspect(src if isinstance(src, Image.Image) else decode(src, name=name), aspect_ratio)
     return normalize(np.asarray(random_resized_crop(img, size, rng)), channel_order)
+
+
+def stack_image_slots(per_sample, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image slots of a batch whose samples hold several images: [k_i, H, W, 3] per sample (k_i ≤ max_images) →
+    (images float32 [B, max_images, H, W, 3], has_image bool [B, max_images]); sample i's images fill slots
+    0..k_i-1, the other slots are zeros marked False."""
+    shape = next(x.shape[1:] for x in per_sample)
+    images = np.zeros((len(per_sample), max_images) + shape, np.float32)
+    has_image = np.zeros((len(per_sample), max_images), np.bool_)
+    for i, x in enumerate(per_sample):
+        images[i, :len(x)], has_image[i, :len(x)] = x, True
+    return images, has_image

@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image
 
 from lav2_jax.core import templates
+from lav2_jax.data import builder
+from lav2_jax.data.tokenizer_train import train_sentencepiece
 from lav2_jax.demo import scenes as sc
 
 IMAGE_SIZE = 32
@@ -136,8 +138,6 @@ def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
 
 
 def train_tokenizer(path: str, sizes: Sizes, seed: int = 0, vocab_size: int = 768) -> str:
-    from lav2_jax.data.testing import train_sentencepiece
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cap_scenes, _ = scene_sets(sizes, seed)
     extra = list(sc.corpus_texts(cap_scenes[:200])) * 4
@@ -149,8 +149,6 @@ def train_tokenizer(path: str, sizes: Sizes, seed: int = 0, vocab_size: int = 76
 
 
 def _build(kind: str, fmt: str, src: str, out: str) -> None:
-    from lav2_jax.data import builder
-
     builder.build(kind, [builder.Source(fmt, src)], out, strict=True, progress=False, overwrite=True)
 
 

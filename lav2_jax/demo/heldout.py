@@ -29,6 +29,7 @@ import numpy as np
 
 from lav2_jax.demo import scenes as sc
 from lav2_jax.eval.runner import Item, PredictionLog, model_predictor, read_json, run_items
+from lav2_jax.inference import prompts as st
 
 GATE_NAMES = ("gate", "new_gate", "visual_gate")
 MAX_NEW_TOKENS = 16
@@ -46,8 +47,6 @@ def load_heldout(path: str) -> dict[str, Any]:
 def items(data: dict[str, Any], adapter=None) -> list[Item]:
     """Every held-out prompt as a runner Item (`meta` carries the task, attribute and expected answer), in the
     prompt format of `adapter`'s system (`lav2_jax.inference.prompts`; None: LLaMA-Adapter V2's)."""
-    from lav2_jax.inference import prompts as st
-
     out = []
     for i, s in enumerate(data["scenes"]):
         out.append(Item(f"caption/{i}", st.caption_prompt(adapter), s["image"], {"task": "caption", "scene": i}))

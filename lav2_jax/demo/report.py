@@ -60,7 +60,7 @@ def read_metrics(path: str) -> list[dict]:
 def plot(path: str, metrics_rows: list[dict], samples: Sequence[tuple[np.ndarray, str, str, bool]],
          prompted_layers: Sequence[int]) -> str:
     """Writes report.png (module docstring). `samples`: (uint8 image, generated caption, true caption, all right)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes about a second to import; only the report's plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -12,6 +12,8 @@ the held-out split by `lav2_jax.demo.heldout` (greedy, in its own prompt format)
          instruction data), from `lav2_jax.demo.system_inits.write_init`'s checkpoint
   owl    `configs/demo_owl.py`: stage 1 (vision model + abstractor, caption data), then stage 2 (LoRA on wq/wv,
          instruction data), likewise
+A system's stages are its `System.demo_stages` (each a `get_config(stage)` of `configs/demo_<name>.py`); a system
+without them trains the demo's own config, as LLaMA-Adapter V2 does.
 
 Same budget: every stage runs the LLaMA-Adapter V2 config's `total_steps`, a caption stage with its caption batch
 and an instruction stage with its instruction batch, so each system sees the same caption and instruction rows
@@ -38,10 +40,20 @@ import time
 
 import numpy as np
 
+from lav2_jax.core import registry
+
 SYSTEMS = ("lav2", "llava", "owl")
-STAGES = {"lav2": ("joint",), "llava": ("stage1", "stage2"), "owl": ("stage1", "stage2")}
-CONFIG_FILES = {"llava": "demo_llava.py", "owl": "demo_owl.py"}
 HEADLINE = ("caption_accuracy", "vqa_accuracy", "text_accuracy")
+
+
+def system_stages(name: str) -> tuple[str, ...]:
+    """System `name`'s stages in the comparison: its `System.demo_stages`, else the demo's one joint run."""
+    return registry.get(name).demo_stages or ("joint",)
+
+
+def config_file(name: str) -> str:
+    """The config file of system `name`'s stages, beside configs/demo.py."""
+    return f"demo_{name}.py"
 
 
 def stage_base_config(name: str, stage: str, steps: int):
@@ -52,11 +64,11 @@ def stage_base_config(name: str, stage: str, steps: int):
     clip 1.0, no periodic checkpoints, a log line every 5 steps."""
     from lav2_jax.train.defaults import base_config
 
-    if stage not in STAGES[name]:
-        raise ValueError(f"configs/{CONFIG_FILES[name]}:{stage}: the stage is one of {STAGES[name]}")
+    if stage not in system_stages(name):
+        raise ValueError(f"configs/{config_file(name)}:{stage}: the stage is one of {system_stages(name)}")
     c = base_config()
     c.model.update(preset="tiny", vision="tiny", base_checkpoint=f"demo_out/systems/{name}/"
-                   + ("init" if stage == STAGES[name][0] else f"{STAGES[name][0]}/ckpt"))
+                   + ("init" if stage == system_stages(name)[0] else f"{system_stages(name)[0]}/ckpt"))
     c.total_steps = steps
     c.batch.update(caption=16, train=16)
     c.optim.clip_norm = 1.0
@@ -88,15 +100,16 @@ def _load_config(path: str, stage: str):
 def stage_configs(name: str, lav2_config, config_dir: str, paths, seed: int) -> list:
     """The training configs of system `name`'s stages, pointed at the workdir of `paths` and given the LLaMA-Adapter
     V2 run's budget (module docstring)."""
-    if name == "lav2":
+    if not registry.get(name).demo_stages:
         return [lav2_config]
     out = []
     root = os.path.join(paths.workdir, "systems", name)
     steps = int(lav2_config.total_steps)
-    for stage in STAGES[name]:
-        c = _load_config(os.path.join(config_dir, CONFIG_FILES[name]), stage)
-        first = stage == STAGES[name][0]
-        c.model.base_checkpoint = os.path.join(root, "init" if first else os.path.join(STAGES[name][0], "ckpt"))
+    first_stage = system_stages(name)[0]
+    for stage in system_stages(name):
+        c = _load_config(os.path.join(config_dir, config_file(name)), stage)
+        c.model.base_checkpoint = os.path.join(root, "init" if stage == first_stage else
+                                               os.path.join(first_stage, "ckpt"))
         c.data.tokenizer = paths.tokenizer
         c.data.caption.path, c.data.train.path = paths.caption_ds, paths.instruction_ds
         c.seed = c.data.seed = seed
@@ -144,7 +157,7 @@ def run_system(spec: dict) -> dict:
     stages, ckpt = [], ""
     for stage, cfg in zip(spec["stages"], spec["configs"]):
         config = ml_collections.ConfigDict(cfg)
-        if stage == "stage1":
+        if stage == spec["stages"][0] and registry.get(spec["name"]).demo_stages:  # stage 1 starts from an init
             system_inits.write_init(config, spec["prior"], spec["base"], spec["tokenizer"],
                                     config.model.base_checkpoint, seed=int(config.seed))
         counts = trainable_counts(config)
@@ -220,8 +233,9 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
         configs = stage_configs(name, lav2_config, config_dir, paths, seed)
         root = os.path.join(workdir, "systems", name)
         os.makedirs(root, exist_ok=True)
-        spec = {"name": name, "root": root, "stages": list(STAGES[name]), "configs": [c.to_dict() for c in configs],
-                "prior": os.path.join(workdir, "prior"), "base": os.path.join(workdir, "base"),
+        spec = {"name": name, "root": root, "stages": list(system_stages(name)),
+                "configs": [c.to_dict() for c in configs], "prior": os.path.join(workdir, "prior"),
+                "base": os.path.join(workdir, "base"),
                 "tokenizer": paths.tokenizer, "heldout": paths.heldout, "eval_scenes": eval_scenes}
         spec_path, out_path = os.path.join(root, "spec.json"), os.path.join(root, "result.json")
         write_json(spec_path, json.loads(json.dumps(spec, default=list)))

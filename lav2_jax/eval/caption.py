@@ -21,6 +21,7 @@ import os
 from typing import Iterable, Optional
 
 from lav2_jax.core import templates
+from lav2_jax.eval.caption_metrics import caption_scores
 from lav2_jax.eval.runner import EvalError, Item, read_json, skip_counts
 
 RESULTS = "captions_results.json"
@@ -97,8 +98,6 @@ def results(records: Iterable[dict]) -> list[dict]:
 def score(records: Iterable[dict], refs: dict[int, list[str]], tokenizer: str = "auto", meteor: bool = True,
           spice: bool = True) -> dict:
     """summary.json of captions: {"metrics", "tokenizer", "skipped_metrics", "images", "skipped"}."""
-    from lav2_jax.eval.caption_metrics import caption_scores
-
     records = list(records)
     preds = {r["image_id"]: r["caption"] for r in results(records)}
     metrics, info = caption_scores(refs, preds, tokenizer, meteor=meteor, spice=spice)

@@ -20,9 +20,14 @@ import math
 import os
 from typing import Optional
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
+from lav2_jax.data.pipeline import Pipeline, PipelineConfig
+from lav2_jax.data.records import open_source
 from lav2_jax.eval.runner import EvalError, PredictionLog
+from lav2_jax.train.loss import token_loss_sums
 
 
 class _Head:
@@ -50,10 +55,6 @@ def parse_stream(spec: str) -> tuple[Optional[str], str]:
 
 @functools.lru_cache(maxsize=8)
 def _loss_fn(model):
-    import jax
-
-    from lav2_jax.train.loss import token_loss_sums
-
     def f(params, tokens, targets, loss_mask, images, has_image):
         hidden = model.apply({"params": params}, tokens, images, has_image, return_hidden=True)
         return token_loss_sums(hidden, params["output"]["kernel"], targets, loss_mask)
@@ -75,10 +76,6 @@ def _pad_rows(batch: dict, rows: int) -> dict:
 def stream_loss(bundle, name: str, path: str, log: PredictionLog, *, batch_size: int = 8, max_len: int = 512,
                 limit: Optional[int] = None, split: str = "train", progress: bool = True) -> tuple[str, dict]:
     """Runs one stream (see the module docstring); returns (its name, its summary entry)."""
-    from tqdm.auto import tqdm
-
-    from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
-
     if not os.path.isdir(path):
         raise EvalError(f"dataset not found: {path}")
     try:

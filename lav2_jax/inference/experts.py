@@ -25,6 +25,8 @@ from typing import Callable, Protocol, Union
 from PIL import Image
 
 from lav2_jax.core import templates
+from lav2_jax.data.images import decode, preprocess
+from lav2_jax.inference.generation import generate
 
 ImageInput = Union[str, os.PathLike, Image.Image]
 
@@ -41,8 +43,6 @@ class Expert(Protocol):
 
 def load_for_model(bundle, image: ImageInput):
     """An image file / PIL image → the model's preprocessed float32 [S, S, 3] (its size and channel order)."""
-    from lav2_jax.data.images import preprocess
-
     vision = bundle.model.vision
     if vision is None:
         raise ExpertUnavailable("this model has no vision tower (it is text-only), so it cannot take an image")
@@ -64,8 +64,6 @@ class CaptionExpert:
         self.options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
     def __call__(self, image: ImageInput) -> str:
-        from lav2_jax.inference.generation import generate
-
         pixels = load_for_model(self.bundle, image)
         return generate(self.bundle, [templates.caption_prompt()], [pixels], **self.options).texts[0].strip()
 
@@ -89,8 +87,6 @@ class OcrExpert:
         self._ocr, self.lang = pytesseract, lang
 
     def __call__(self, image: ImageInput) -> str:
-        from lav2_jax.data.images import decode
-
         img = image if isinstance(image, Image.Image) else decode(image)
         return re.sub(r"\s+", " ", self._ocr.image_to_string(img, lang=self.lang)).strip()
 

@@ -23,9 +23,12 @@ import io
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
+from lav2_jax.data.images import ImageError, decode
 from lav2_jax.inference import prompts as system_templates
 from lav2_jax.inference.engine import bucket
+from lav2_jax.inference.experts import load_for_model
 from lav2_jax.inference.generation import encode_prompts
 from lav2_jax.serve.schema import ApiError, ChatRequest, Defaults, Limits, TextPart
 
@@ -95,11 +98,6 @@ def data_url_bytes(url: str, limits: Limits, where: str) -> bytes:
 
 def model_image(bundle, data: bytes, limits: Limits, where: str) -> np.ndarray:
     """Image file bytes → the model's preprocessed float32 [S, S, 3]; pixel count checked before decoding."""
-    from PIL import Image, UnidentifiedImageError
-
-    from lav2_jax.data.images import ImageError, decode
-    from lav2_jax.inference.experts import load_for_model
-
     vision = bundle.model.vision
     if vision is None:
         raise ApiError(400, f"{where}: this model is text-only (no vision tower); it cannot take an image",

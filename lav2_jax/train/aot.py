@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import runpy
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import topologies
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from lav2_jax.core.sharding import MESH_AXES
+from lav2_jax.core.flops import hbm_gib, hlo_flops
+from lav2_jax.core.sharding import LOGICAL_RULES, MESH_AXES, logical_shardings, make_mesh
+from lav2_jax.model.factory import abstract_params, build_model, dummy_inputs
+from lav2_jax.model.flops import analytic_train_flops
+from lav2_jax.train import state as state_lib
+from lav2_jax.train.state import model_configs
+from lav2_jax.train.step import batch_sharding, recipe_streams
 
 # libtpu looks for a TPU VM's metadata at start-up; on a CPU host these keep it quiet and offline (and let several
 # compile-only processes share the host: none of them opens a chip).
@@ -48,8 +60,6 @@ class CompileReport:
         return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
     def as_dict(self) -> dict:
-        from lav2_jax.core.flops import hbm_gib
-
         hbm = hbm_gib(self.topology)
         peak = self.peak_bytes * self.devices_per_chip / 2 ** 30
         return dict(dataclasses.asdict(self), peak_bytes=self.peak_bytes, peak_gib_per_chip=peak,
@@ -60,8 +70,6 @@ def topology_devices(topology: str, platform: str = "tpu") -> list:
     """The devices of a named topology, e.g. `v5e:2x4`, `v4:2x2x2`, `v5p:2x2x4`. Needs libtpu for TPUs."""
     for key, value in _LIBTPU_ENV.items():
         os.environ.setdefault(key, value)
-    from jax.experimental import topologies
-
     try:
         desc = topologies.get_topology_desc(platform=platform, topology_name=topology)
     except Exception as e:  # libtpu missing or an unknown topology name: say which
@@ -72,14 +80,10 @@ def topology_devices(topology: str, platform: str = "tpu") -> list:
 
 def topology_mesh(topology: str, data: int = 1, fsdp: int = -1, tensor: int = 1):
     """A (data, fsdp, tensor) mesh over a topology's devices (one size may be -1 = fill)."""
-    from lav2_jax.core.sharding import make_mesh
-
     return make_mesh(data, fsdp, tensor, devices=topology_devices(topology))
 
 
 def compile_report(topology: str, mesh, compiled) -> CompileReport:
-    from lav2_jax.core.flops import hlo_flops
-
     counted = hlo_flops(compiled.as_text())
     n = int(np.prod(list(mesh.shape.values())))
     mem = compiled.memory_analysis()
@@ -99,10 +103,6 @@ def compile_report(topology: str, mesh, compiled) -> CompileReport:
 def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_shardings: Any = None, mesh=None,
                       donate_argnums: tuple = ()):
     """`jax.jit(fn).lower(*abstract args).compile()` under the logical-axis rules and `mesh`."""
-    import flax.linen as nn
-
-    from lav2_jax.core.sharding import LOGICAL_RULES
-
     jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate_argnums)
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         return jitted.lower(*args).compile()
@@ -110,12 +110,6 @@ def lower_and_compile(fn: Callable, args: tuple, in_shardings: Any, out_sharding
 
 def compile_forward(model, mesh, batch: int, seq: int):
     """Compiles the model's forward pass (logits) for `batch` × `seq` tokens (+ images for visual adapters)."""
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from lav2_jax.model.factory import abstract_params, dummy_inputs
-    from lav2_jax.core.sharding import logical_shardings
-
     boxed = abstract_params(model, boxed=True)
     param_shardings = logical_shardings(boxed, mesh)
     params = abstract_params(model)
@@ -134,8 +128,6 @@ def compile_forward(model, mesh, batch: int, seq: int):
 
 def load_config(path: str):
     """`get_config()` of an ml_collections config file (`configs/*.py`)."""
-    import runpy
-
     try:
         return runpy.run_path(path)["get_config"]()
     except FileNotFoundError:
@@ -146,10 +138,6 @@ def load_config(path: str):
 
 def abstract_batch(setup, config) -> dict:
     """Abstract global batches per stream, as the data pipeline delivers them (`lav2_jax.data.pipeline`)."""
-    import jax.numpy as jnp
-
-    from lav2_jax.train.step import batch_sharding
-
     mesh, batch = setup.mesh, {}
     for stream in setup.streams:
         rows = setup.global_batch[stream.batch_key]
@@ -173,20 +161,13 @@ def abstract_batch(setup, config) -> dict:
 def compile_train_step(config, mesh):
     """Compiles the training step a `lav2 train` config describes (recipe, groups, optimizer, accumulation, remat,
     batch sizes and `max_len` per stream) on `mesh`, allocating nothing."""
-    from lav2_jax.train import state as state_lib
-
     setup, state = state_lib.build(config, mesh, abstract=True)
     return setup.train_step.lower(state, setup.frozen, abstract_batch(setup, config)).compile()
 
 
 def train_step_analytic(config) -> dict:
-    """Analytic model FLOPs (`lav2_jax.core.flops.analytic_train_flops`) of the step a training config describes, with
+    """Analytic model FLOPs (`lav2_jax.model.flops.analytic_train_flops`) of the step a training config describes, with
     the batch shapes `abstract_batch` gives it (packed image rows: every image slot counts as an image)."""
-    from lav2_jax.core.flops import analytic_train_flops
-    from lav2_jax.model.factory import build_model
-    from lav2_jax.train.state import model_configs
-    from lav2_jax.train.step import recipe_streams
-
     model = build_model(*model_configs(config.model))
     synthetic = config.data.get("source") == "synthetic"
     packed = not synthetic and bool(config.data.get("packing", False))

@@ -15,7 +15,10 @@ import os
 import time
 from typing import Any, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 
 def matmul_params(config) -> int:
@@ -33,9 +36,6 @@ def train_flops_per_token(config, seq_len: int) -> float:
 
 def measure_matmul_peak(n: int = 2048, dtype: str = "float32", iters: int = 5) -> float:
     """FLOP/s of an n×n×n matmul on the default device (median of `iters` after a warm-up): the MFU reference."""
-    import jax
-    import jax.numpy as jnp
-
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -59,12 +59,10 @@ class MetricsLogger:
         os.makedirs(workdir, exist_ok=True)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # lazy: it imports protobuf; runs without tensorboard skip it
 
             self.writer = SummaryWriter(os.path.join(workdir, "tb"))
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def step(self, n: int = 1, postfix: Optional[Mapping[str, float]] = None) -> None:

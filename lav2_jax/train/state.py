@@ -23,11 +23,9 @@ from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lav2_jax.core import param_groups as pg
-from lav2_jax.core import presets
-from lav2_jax.model.factory import abstract_params, build_model, dummy_inputs
+from lav2_jax.core import presets, registry
 from lav2_jax.core.sharding import LOGICAL_RULES, logical_shardings
-from lav2_jax.systems.llava import train_config as llava_config
-from lav2_jax.systems.owl import train_config as owl_config
+from lav2_jax.model.factory import abstract_params, build_model, dummy_inputs
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import step as step_lib
 
@@ -56,19 +54,13 @@ def model_configs(mc) -> tuple:
     config = _override(presets.get_model(mc.preset), remat_policy=mc.get("remat_policy"),
                        weight_dtype=mc.get("weight_dtype"), dtype=mc.get("dtype"), attention=mc.get("attention"),
                        scan_layers=mc.get("scan_layers"))
-    if llava_config.is_llava(mc):  # a spliced system: adapter and vision from `config.model.splice/lora`
-        adapter, vision = llava_config.llava_configs(mc, config)
-        return config, adapter, vision
-    if owl_config.is_owl(mc):  # mPLUG-Owl: adapter (splice, abstractor, LoRA) and vision from `config.model.owl`
-        adapter, vision = owl_config.owl_configs(mc, config)
-        return config, adapter, vision
-    if mc.get("tiny_adapter", False):
-        vis = presets.get_vision(mc.vision) if mc.get("vision") else presets.get_vision("tiny")
-        adapter = presets.tiny_adapter(mc.adapter, config, vis)
-    else:
-        adapter = presets.get_adapter(mc.adapter)
-    vision = presets.get_vision(mc.vision) if (adapter.has_visual and mc.get("vision")) else None
+    adapter, vision = config_system(mc).model_configs(mc, config)
     return config, adapter, vision
+
+
+def config_system(mc):
+    """The System a `config.model` section describes (`config.model.system`, default `lav2`)."""
+    return registry.get(mc.get("system", "lav2"))
 
 
 def _sharded_init(model, shardings, seed: int, output_scale: float, keep=None):
@@ -120,18 +112,7 @@ def model_from_config(mc):
         base = read_config(mc.base_checkpoint)
         config = _override(base.model, remat_policy=mc.get("remat_policy"), weight_dtype=mc.get("weight_dtype"),
                            dtype=mc.get("dtype"))
-        base_splice = base.adapter.splice if base.adapter is not None else None
-        if adapter.splice is not None and base_splice is not None:  # a converted LLaVA, a stage-1 export: its splice
-            adapter, vision = adapter.replace(splice=base_splice), base.vision or vision
-        elif llava_config.is_llava(mc):  # LM + CLIP (`lav2 convert llava-base`): the config's splice, its tower
-            if base.vision is None:
-                raise ValueError(f"{mc.base_checkpoint}: holds no vision tower for LLaVA; combine the language model "
-                                 "with a CLIP checkpoint first (lav2 convert llava-base --llm ... --clip ...)")
-            adapter, vision = llava_config.llava_configs(mc, config, base.vision)
-        elif adapter.splice is not None:
-            vision = base.vision or vision
-        else:
-            vision = (base.vision or vision) if adapter.has_visual else None
+        adapter, vision = config_system(mc).configs_over_base(mc, config, base, adapter, vision)
     return build_model(config, adapter, vision)
 
 

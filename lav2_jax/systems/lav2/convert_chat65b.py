@@ -11,8 +11,13 @@ input side and stay. Adapter preset `chat65b`: input-side scale + bias on all li
 from __future__ import annotations
 
 from lav2_jax.checkpoint.convert import ops
-from lav2_jax.checkpoint.convert.meta import LINEARS, linear_shapes, refs, rope_heads
-from lav2_jax.checkpoint.convert.plan import stacked
+from lav2_jax.checkpoint.convert.meta import (LINEARS, META_IGNORE, config_from_params, linear_shapes, llama_plan,
+                                              read_params, refs, rope_heads, tokenizer_vocab)
+from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets, stacked
+from lav2_jax.checkpoint.convert.sources import TensorFile
+from lav2_jax.checkpoint.layout import CheckpointConfig
+from lav2_jax.core import presets
+from lav2_jax.model.factory import build_model
 
 
 def chat_plan(c, shards: list, prefix: str) -> list:
@@ -36,14 +41,6 @@ def chat_plan(c, shards: list, prefix: str) -> list:
 def convert_chat65b(ckpts: list, params: str, tokenizer: str, out_dir: str, *, weight_dtype: str = "bfloat16",
                     max_seq_len: int = 2048, overwrite: bool = False) -> str:
     """`lav2 convert chat65b --ckpt FILE [FILE ...] --params params.json --tokenizer tokenizer.model --out OUT`."""
-    from lav2_jax.core import presets
-    from lav2_jax.checkpoint.convert.meta import (META_IGNORE, config_from_params, llama_plan, read_params,
-                                                  tokenizer_vocab)
-    from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
-    from lav2_jax.checkpoint.convert.sources import TensorFile
-    from lav2_jax.checkpoint.layout import CheckpointConfig
-    from lav2_jax.model.factory import build_model
-
     config = config_from_params(read_params(params), params, vocab_size=tokenizer_vocab(tokenizer),
                                 weight_dtype=weight_dtype, max_seq_len=max_seq_len)
     shards = [TensorFile(p, subkey="model") for p in ckpts]

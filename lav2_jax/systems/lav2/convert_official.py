@@ -23,9 +23,14 @@ import re
 from typing import Optional
 
 from lav2_jax.checkpoint.convert import ops
-from lav2_jax.checkpoint.convert.meta import linear_shapes, rope_heads
-from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
+from lav2_jax.checkpoint.convert.clip import clip_plan, clip_sources, hf_heads, infer_vision, open_clip
+from lav2_jax.checkpoint.convert.meta import (META_IGNORE, config_from_params, linear_shapes, llama_plan, norm_keys,
+                                              read_params, rope_heads, shard_paths, tokenizer_vocab)
+from lav2_jax.checkpoint.convert.plan import Ref, convert_plan, model_targets, single, stacked
+from lav2_jax.checkpoint.convert.sources import TensorFile
+from lav2_jax.checkpoint.layout import CheckpointConfig
 from lav2_jax.core.config import LINEAR_NAMES, AdapterConfig, ModelConfig
+from lav2_jax.model.factory import build_model
 
 GROUP = {n: "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward" for n in LINEAR_NAMES}
 BIAS_LINEARS = ("wq", "wo", "w1", "w2", "w3")
@@ -156,14 +161,6 @@ def convert_official(llama_dir: str, llama_type: str, adapter: str, clip: str, o
                      v_num_heads: int = 16, max_seq_len: int = 512, weight_dtype: str = "bfloat16",
                      clip_heads: Optional[int] = None, overwrite: bool = False) -> str:
     """`lav2 convert official`: base LLaMA (Meta layout) + released adapter + OpenAI CLIP → one checkpoint."""
-    from lav2_jax.checkpoint.convert.clip import clip_plan, clip_sources, hf_heads, infer_vision, open_clip
-    from lav2_jax.checkpoint.convert.meta import (META_IGNORE, config_from_params, llama_plan, norm_keys,
-                                                  read_params, shard_paths, tokenizer_vocab)
-    from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
-    from lav2_jax.checkpoint.convert.sources import TensorFile
-    from lav2_jax.checkpoint.layout import CheckpointConfig
-    from lav2_jax.model.factory import build_model
-
     model_dir = os.path.join(llama_dir, llama_type)
     tokenizer = os.path.join(llama_dir, "tokenizer.model")
     if not os.path.isfile(tokenizer):

@@ -15,8 +15,11 @@ import numpy as np
 from flax import traverse_util
 
 from lav2_jax.checkpoint.convert.ops import half_to_meta
-from lav2_jax.systems.lav2.convert_official import BLOCK_DENSE, BLOCK_NORMS, CONNECTOR_DENSE, CONNECTOR_NORMS, GROUP
+from lav2_jax.checkpoint.export import export_config
+from lav2_jax.checkpoint.pretrained import load_adapter
 from lav2_jax.core.config import LINEAR_NAMES
+from lav2_jax.model.factory import build_model
+from lav2_jax.systems.lav2.convert_official import BLOCK_DENSE, BLOCK_NORMS, CONNECTOR_DENSE, CONNECTOR_NORMS, GROUP
 
 
 def check_exportable(a, where: str) -> None:
@@ -80,11 +83,7 @@ def official_state_dict(model, adapter_params: dict) -> dict[str, np.ndarray]:
 
 def export_official(ckpt: str, out_file: str, overwrite: bool = False) -> str:
     """`lav2 export official --ckpt C --out FILE.pth`."""
-    import torch
-
-    from lav2_jax.checkpoint.export import export_config
-    from lav2_jax.checkpoint.pretrained import load_adapter
-    from lav2_jax.model.factory import build_model
+    import torch  # lazy: the optional `convert` extra
 
     cfg = export_config(ckpt, out_file, overwrite, check_exportable)
     model = build_model(cfg.model, cfg.adapter, cfg.vision)

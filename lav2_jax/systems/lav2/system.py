@@ -18,7 +18,10 @@ from lav2_jax.core.registry import register
 from lav2_jax.core.system import System
 from lav2_jax.data import images, samples
 from lav2_jax.model.clip import CLIPVisionTower
+from lav2_jax.systems.lav2 import commands
 from lav2_jax.systems.lav2.connector import VisualConnector
+from lav2_jax.systems.lav2.presets import ADAPTER_PRESETS, PRESET_RECIPES
+from lav2_jax.systems.lav2.recipes import RECIPES
 
 
 def clip_connector_tokens(adapter, vision, model, pixels: jax.Array) -> jax.Array:
@@ -30,6 +33,11 @@ def clip_connector_tokens(adapter, vision, model, pixels: jax.Array) -> jax.Arra
 class LlamaAdapterV2(System):
     name = "lav2"
     title = "LLaMA-Adapter V2"
+    adapter_presets = ADAPTER_PRESETS
+    preset_recipes = PRESET_RECIPES
+    recipes = {r.name: r for r in RECIPES}
+    converters = commands.CONVERTERS
+    exporters = commands.EXPORTERS
 
     def visual_front_end(self, adapter):
         return clip_connector_tokens if adapter is not None and adapter.has_visual else None

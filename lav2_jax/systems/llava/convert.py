@@ -28,8 +28,12 @@ from typing import Optional
 from lav2_jax.checkpoint.convert import ops
 from lav2_jax.checkpoint.convert.clip import HF_ROOT, clip_plan, clip_sources, hf_heads, infer_vision, open_clip
 from lav2_jax.checkpoint.convert.hf import HF_IGNORE, hf_config, hf_llama_plan, read_json, weight_files
-from lav2_jax.checkpoint.convert.plan import Ref, single
+from lav2_jax.checkpoint.convert.plan import Ref, convert_plan, model_targets, single
+from lav2_jax.checkpoint.layout import CheckpointConfig
+from lav2_jax.core import presets
 from lav2_jax.core.config import SpliceConfig, VisionConfig
+from lav2_jax.model.factory import build_model
+from lav2_jax.systems.llava.projector import check_splice
 
 LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                   "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6}
@@ -62,7 +66,7 @@ def make_splice(vision: VisionConfig, feature_layer, select: str, projector: str
     try:
         splice = SpliceConfig(system="llava", image_token_id=int(image_token_id), feature_layer=feature_layer,
                               select=select, projector=projector, n_tokens=n, image_aspect_ratio=aspect)
-        splice.check(vision)
+        check_splice(splice, vision)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     return splice
@@ -106,11 +110,6 @@ def _tokenizer(directory: str) -> Optional[str]:
 
 
 def _write(out_dir, config, vision, splice, plan, sources, cfg_path, tokenizer, overwrite, meta) -> str:
-    from lav2_jax.core import presets
-    from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
-    from lav2_jax.checkpoint.layout import CheckpointConfig
-    from lav2_jax.model.factory import build_model
-
     model = build_model(config, presets.get_adapter("none").replace(splice=splice), vision)
     ckpt = CheckpointConfig(model=config, adapter=model.adapter, vision=vision, meta=meta)
     return convert_plan(out_dir, ckpt, model_targets(model), plan, sources, config_source=cfg_path,

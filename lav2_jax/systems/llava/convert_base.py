@@ -26,7 +26,15 @@ import os
 import shutil
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lav2_jax.checkpoint.atomic import atomic_directory
+from lav2_jax.checkpoint.items import item_shapes, restore_item
 from lav2_jax.checkpoint.layout import BASE_ITEM, TOKENIZER_DIR, read_config, write_config
+from lav2_jax.checkpoint.pretrained import with_dtype
+from lav2_jax.checkpoint.stream import ItemWriter
 
 VISION_ITEM = "vision"
 STACKED = ("layers", "resblocks")  # leaf path parts of leaves stacked over layers (chunked one layer each)
@@ -49,22 +57,12 @@ def _read(path: str, flag: str):
 
 def _place(src: str, dst: str, weight_dtype: Optional[str]) -> None:
     """Item `src` as item `dst`: linked, or rewritten with every floating leaf in `weight_dtype` when one differs."""
-    import jax.numpy as jnp
-
-    from lav2_jax.checkpoint.items import item_shapes
-
     leaves = item_shapes(src)
     want = {k: jnp.dtype(weight_dtype) if weight_dtype and jnp.issubdtype(d, jnp.floating) else d
             for k, (_, d) in leaves.items()}
     if all(want[k] == d for k, (_, d) in leaves.items()):
         shutil.copytree(src, dst, copy_function=_link_or_copy)
         return
-    import jax
-    import numpy as np
-
-    from lav2_jax.checkpoint.items import restore_item
-    from lav2_jax.checkpoint.stream import ItemWriter
-
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     writer = ItemWriter(dst)
     for key, (shape, dtype) in leaves.items():
@@ -81,9 +79,6 @@ def combine_llava_base(llm: str, clip: str, out_dir: str, *, weight_dtype: Optio
                        overwrite: bool = False) -> str:
     """Writes the combined checkpoint described above (atomically); returns its absolute path. `weight_dtype`
     (bfloat16 | float32): the frozen weights' storage dtype; None keeps the inputs' arrays as they are."""
-    from lav2_jax.checkpoint.atomic import atomic_directory
-    from lav2_jax.checkpoint.pretrained import with_dtype
-
     llm, lcfg = _read(llm, "--llm")
     clip, ccfg = _read(clip, "--clip")
     if lcfg.model is None:

@@ -1,6 +1,7 @@
 """The LLaVA parts of `lav2 export hf` (SEED_SYSTEMS.md ยง2.2): the CLIP tower, the projector and the
 `LlavaForConditionalGeneration` config; the language model is exported by `lav2_jax.checkpoint.export.hf` under
-the `language_model.` prefix (adapters merged as for a plain Llama).
+the `language_model.` prefix (adapters merged as for a plain Llama); the LLaVA system's `hf_export` hook hands
+`check_exportable`, `llava_config` and `tensor_parts` to it.
 
 Keys are the hub's layout (`vision_tower.vision_model.*`, `multi_modal_projector.linear_{1,2}.*`,
 `language_model.model.*`, `language_model.lm_head.weight`), which transformers 5 and older releases both load.
@@ -8,6 +9,8 @@ Only `mlp2x_gelu` projectors export (Hugging Face's projector is always Linear โ
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -29,7 +32,7 @@ def check_exportable(a, where: str) -> None:
 
 def llava_config(text_cfg, model):
     """The `LlavaConfig` around the exported Llama config `text_cfg`."""
-    from transformers import CLIPVisionConfig, LlavaConfig
+    from transformers import CLIPVisionConfig, LlavaConfig  # lazy: an optional dependency (the `test` extra)
 
     v, s = model.vision, model.adapter.splice
     vision = CLIPVisionConfig(hidden_size=v.width, intermediate_size=int(v.width * v.mlp_ratio),
@@ -69,3 +72,9 @@ def projector_tensors(read, keys, t) -> dict:
         out[f"multi_modal_projector.{name}.{'weight' if leaf == 'kernel' else 'bias'}"] = t(v.T if leaf == "kernel"
                                                                                              else v)
     return out
+
+
+def tensor_parts(read, keys, model, t) -> list:
+    """The LLaVA files of the export beside the Llama's: the tower's tensors, then the projector's."""
+    return [functools.partial(vision_tensors, read, keys, model.vision, t),
+            functools.partial(projector_tensors, read, keys, t)]

@@ -28,6 +28,18 @@ from lav2_jax.model.clip import ACT_AXES, CLIPVisionTower, Dense
 from lav2_jax.model.common import constrain
 
 
+def check_splice(splice: SpliceConfig, vision: VisionConfig) -> None:
+    """Raises ValueError unless `vision` has the hidden state `splice.feature_layer` and gives `splice.n_tokens`
+    tokens per image (its patches, +1 with `cls_patch`)."""
+    if not -(vision.layers + 1) <= splice.feature_layer <= vision.layers:
+        raise ValueError(f"SpliceConfig.feature_layer={splice.feature_layer} is outside the tower's "
+                         f"{vision.layers + 1} hidden states")
+    expected = vision.num_patches + (0 if splice.select == "patch" else 1)
+    if splice.n_tokens != expected:
+        raise ValueError(f"SpliceConfig.n_tokens={splice.n_tokens} but a {vision.image_size}px tower with "
+                         f"select={splice.select!r} gives {expected} tokens per image")
+
+
 class Projector(nn.Module):
     """features [M, N, C] → [M, N, out_dim]: `linear` or `mlp2x_gelu` (exact erf GELU between two Linears)."""
 

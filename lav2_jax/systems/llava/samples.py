@@ -23,9 +23,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lav2_jax.systems.llava import conversation as ct
+from lav2_jax.data import images
 from lav2_jax.data.samples import Tokenized, _text, kind_of
 from lav2_jax.data.tokenizer import Tokenizer
+from lav2_jax.systems.llava import conversation as ct
 
 
 def encode(tok: Tokenizer, segments: Sequence[tuple[str, bool]], n_image_tokens: int, image_token_id: int
@@ -120,8 +121,6 @@ def preprocess_image(src, size: int, aspect: str = "square", channel_order: str 
     `pad` (LLaVA-1.5 `image_aspect_ratio`): first paste the image centred on a square canvas of its longer side
     filled with the mean colour ``int(255 · CLIP_MEAN)`` = (122, 116, 104) (`images.expand_to_square`), then the same.
     """
-    from lav2_jax.data import images
-
     if aspect not in ("square", "pad"):
         raise ValueError(f"image_aspect must be square or pad, got {aspect!r}")
     return images.preprocess(src, size, channel_order, name=name, aspect_ratio=aspect)

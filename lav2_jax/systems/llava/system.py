@@ -13,9 +13,11 @@ import numpy as np
 
 from lav2_jax.core import templates
 from lav2_jax.core.registry import register
-from lav2_jax.core.system import System
-from lav2_jax.systems.llava import conversation, samples
-from lav2_jax.systems.llava.projector import llava_visual_tokens
+from lav2_jax.core.system import HFExport, System
+from lav2_jax.systems.llava import commands, conversation, export, samples
+from lav2_jax.systems.llava.presets import ADAPTER_PRESETS, PRESET_RECIPES, PRESET_VISIONS
+from lav2_jax.systems.llava.projector import check_splice, llava_visual_tokens
+from lav2_jax.systems.llava.recipes import RECIPES
 from lav2_jax.systems.llava.train_config import llava_configs
 
 TEMPLATE = "vicuna_v1"
@@ -34,9 +36,21 @@ def _prompt(turns, image, system: Optional[str] = None) -> str:
 class Llava(System):
     name = "llava"
     title = "LLaVA"
+    adapter_presets = ADAPTER_PRESETS
+    preset_recipes = PRESET_RECIPES
+    preset_visions = PRESET_VISIONS
+    recipes = {r.name: r for r in RECIPES}
+    converters = commands.CONVERTERS
+    spliced_samples = True
+    demo_stages = ("stage1", "stage2")  # configs/demo_llava.py
 
     def visual_front_end(self, adapter):
         return projector_tokens
+
+    def check_configs(self, adapter, vision) -> None:
+        """The tower must have `feature_layer` and give `n_tokens` tokens per image (`projector.check_splice`)."""
+        if vision is not None:
+            check_splice(adapter.splice, vision)
 
     # ---- training ----
     def model_configs(self, mc, model):
@@ -59,6 +73,11 @@ class Llava(System):
                     max_images=int(d.get("max_images", 1)))
 
     # ---- data ----
+    def check_pipeline(self, cfg) -> None:
+        if not cfg.template:
+            raise ValueError(f"a LLaVA pipeline needs PipelineConfig.template ({', '.join(conversation.TEMPLATES)})")
+        conversation.check_template(cfg.template)
+
     def tokenize_record(self, tok, record, pick: int, cfg):
         out = samples.tokenize_record(tok, record, cfg.template, pick, cfg.max_len, cfg.image_tokens,
                                       cfg.image_token_id)
@@ -70,6 +89,12 @@ class Llava(System):
             return {"image": np.zeros((size, size, 3), np.float32)}
         return {"image": samples.preprocess_image(record["image"], size, cfg.image_aspect, cfg.channel_order,
                                                   name=name)}
+
+    # ---- checkpoints ----
+    def hf_export(self, adapter, where: str) -> HFExport:
+        """`LlavaForConditionalGeneration` (`export`): the Llama under `language_model.`, the tower, the projector."""
+        export.check_exportable(adapter, where)
+        return HFExport(export.LANGUAGE_PREFIX, export.llava_config, export.tensor_parts)
 
     # ---- prompts ----
     def instruction_prompt(self, adapter, instruction: str, input_text: Optional[str] = None, image=False) -> str:

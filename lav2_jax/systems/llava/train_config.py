@@ -15,16 +15,17 @@ visual tokens per image follows from the tower: (image_size / patch)² (+1 with 
 
 from __future__ import annotations
 
+import math
 from typing import Optional
+
+import ml_collections
 
 from lav2_jax.core import presets
 from lav2_jax.core.config import AdapterConfig, ModelConfig, SpliceConfig, VisionConfig
+from lav2_jax.core.optim_group import group
+from lav2_jax.systems.llava.projector import check_splice
 
 SPLICE_FIELDS = ("projector", "feature_layer", "select", "image_token_id")
-
-
-def is_llava(mc) -> bool:
-    return mc.get("system", "lav2") == "llava"
 
 
 def llava_configs(mc, model: ModelConfig, vision: Optional[VisionConfig] = None) -> tuple[AdapterConfig,
@@ -38,7 +39,7 @@ def llava_configs(mc, model: ModelConfig, vision: Optional[VisionConfig] = None)
         raise ValueError(f"config.model.splice has unknown fields {sorted(unknown)}; known: {SPLICE_FIELDS}")
     select = sp.get("select", "patch")
     splice = SpliceConfig(system="llava", n_tokens=vision.num_patches + (select != "patch"), **sp)
-    splice.check(vision)
+    check_splice(splice, vision)
     lora = dict(mc.get("lora", {}))
     rank = int(lora.get("rank", 0))
     adapter = presets.get_adapter("none").replace(
@@ -54,8 +55,6 @@ def add_llava_fields(c, *, projector: str = "mlp2x_gelu", image_token_id: int = 
                      group_by_modality_length: bool = False):
     """Adds the LLaVA fields above (and `data.template`, `data.image_aspect`, `data.group_by_modality_length`) to
     a config from `base_config()`."""
-    import ml_collections
-
     c.model.system = "llava"
     c.model.splice = ml_collections.ConfigDict(dict(projector=projector, feature_layer=feature_layer, select=select,
                                                     image_token_id=image_token_id))
@@ -70,10 +69,6 @@ def add_llava_fields(c, *, projector: str = "mlp2x_gelu", image_token_id: int = 
 def llava_group(lr: float, total_steps: int, warmup_ratio: float = 0.03):
     """One optimizer group as LLaVA's Hugging Face Trainer runs it: AdamW β (0.9, 0.999), ε 1e-8, weight decay 0,
     lr not scaled by batch, warm-up ⌈ratio · steps⌉ then cosine to 0."""
-    import math
-
-    from lav2_jax.train.defaults import group
-
     g = group(lr, 0.0, warmup_steps=math.ceil(warmup_ratio * total_steps), scale_lr_by_batch=False)
     g.b2 = 0.999
     return g

@@ -24,13 +24,21 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from lav2_jax.checkpoint.convert import ops
-from lav2_jax.checkpoint.convert.clip import TOP, _names
-from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.core.config import AbstractorConfig, VisionConfig
-from lav2_jax.systems.owl.vision import blocked_to_per_head
+from lav2_jax.checkpoint.convert.clip import (HF_IGNORE, OPENAI_IGNORE, TOP, _names, hf_heads, infer_vision, nn_unbox,
+                                              open_clip)
+from lav2_jax.checkpoint.convert.hf import _tokenizer_subset, hf_config, hf_llama_plan, read_json, weight_files
+from lav2_jax.checkpoint.convert.plan import Ref, convert_plan, model_targets, single, stacked
+from lav2_jax.checkpoint.layout import BASE_ITEM, CheckpointConfig
+from lav2_jax.core.config import AbstractorConfig, AdapterConfig, VisionConfig
+from lav2_jax.model.factory import build_model
+from lav2_jax.systems.owl.vision import OwlVisionModel, blocked_to_per_head
+from lav2_jax.systems.owl.visual import owl_splice
 
 OWL_LN_EPS = 1e-6
 VISION_DEFAULTS = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
@@ -178,14 +186,10 @@ def clip_owl_plan(v: VisionConfig, by_key: dict, fmt: str, where: str) -> list:
 
 def clip_owl_ignore(fmt: str) -> tuple:
     """Source keys of a CLIP file that the Owl vision model does not use (text tower, `proj`, position ids)."""
-    from lav2_jax.checkpoint.convert.clip import HF_IGNORE, OPENAI_IGNORE
-
     return (OPENAI_IGNORE + (r"^visual\.proj$",)) if fmt == "openai" else (HF_IGNORE + (r"^visual_projection\.",))
 
 
 def read_owl_config(hf_dir: str) -> tuple[dict, str]:
-    from lav2_jax.checkpoint.convert.hf import read_json
-
     path = os.path.join(hf_dir, "config.json")
     cfg = read_json(path)
     for key in ("text_config", "vision_config", "visual_abstractor_config"):
@@ -201,10 +205,6 @@ def owl_configs(cfg: dict, path: str, weight_dtype: str, max_seq_len: Optional[i
 
     The adapter is the inference form: no LLaMA adapters, the Owl splice (65 placeholder ids per image).
     """
-    from lav2_jax.checkpoint.convert.hf import hf_config
-    from lav2_jax.core.config import AdapterConfig
-    from lav2_jax.systems.owl.visual import owl_splice
-
     model, tied = hf_config(cfg["text_config"], f"{path}: text_config", weight_dtype, max_seq_len)
     if tied:
         raise ValueError(f"{path}: text_config.tie_word_embeddings is true; the release has its own lm_head")
@@ -229,11 +229,6 @@ def convert_mplug_owl(hf_dir: str, out_dir: str, *, weight_dtype: str = "bfloat1
     Every tensor of the weight files must be consumed (only `rotary_emb.inv_freq` buffers are ignored): a
     missing or an extra key is an error naming the file and the key, raised before anything is written.
     """
-    from lav2_jax.checkpoint.convert.hf import _tokenizer_subset, hf_llama_plan, weight_files
-    from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
-    from lav2_jax.checkpoint.layout import CheckpointConfig
-    from lav2_jax.model.factory import build_model
-
     cfg, path = read_owl_config(hf_dir)
     model_cfg, adapter, vision = owl_configs(cfg, path, weight_dtype, max_seq_len)
     by_key, files = weight_files(hf_dir)
@@ -252,15 +247,6 @@ def convert_clip_owl(clip: str, out_dir: str, *, heads: Optional[int] = None, we
                      overwrite: bool = False) -> str:
     """`lav2 convert clip --layout owl`: a vision-only checkpoint of `owl_vision/...` leaves (eps 1e-6, no proj)
     from OpenAI / HF CLIP weights, to initialise mPLUG-Owl's vision model (stage 1)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import traverse_util
-
-    from lav2_jax.checkpoint.convert.clip import hf_heads, infer_vision, nn_unbox, open_clip
-    from lav2_jax.checkpoint.convert.plan import convert_plan
-    from lav2_jax.checkpoint.layout import BASE_ITEM, CheckpointConfig
-    from lav2_jax.systems.owl.vision import OwlVisionModel
-
     fmt, by_key, files = open_clip(clip)
     clip_v = infer_vision(by_key, fmt, clip, heads or hf_heads(clip), weight_dtype)
     vision = clip_v.replace(output_dim=clip_v.width, layer_norm_eps=OWL_LN_EPS)

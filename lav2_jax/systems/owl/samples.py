@@ -9,14 +9,14 @@ the EOS after each); image tokens, system text, ``Human:`` turns and padding car
 Truncation keeps the first `max_len` positions. A sample is dropped (None, the pipeline counts it) when no answer
 token survives (the release would give a NaN loss for it) or when the cut would split an image's tokens.
 Multi-image records (several ``Human: <image>`` lines): image j (`record_images` order) owns the j-th run of
-placeholders; an image whose run the cut removed is not used. Batches (`stack_image_slots`, pipeline
-`max_images` > 1): ``images`` float32 [B, max_images, H, W, 3], sample i's k images in slots 0..k-1 (the model
-splices slot j at the sample's j-th run, `lav2_jax.model.splice`); ``has_image`` bool [B, max_images] marks
+placeholders; an image whose run the cut removed is not used. Batches (pipeline `max_images` > 1,
+`lav2_jax.data.images.stack_image_slots`): ``images`` float32 [B, max_images, H, W, 3], sample i's k images in
+slots 0..k-1 (the model splices slot j at the sample's j-th run, `lav2_jax.model.splice`); ``has_image`` bool [B, max_images] marks
 them. The other slots are zeros marked False; no placeholder refers to them, so neither attention nor the loss
 sees them (the encoder still runs on them: static shapes). A sample with more than `max_images` images is dropped
 and counted like a truncation drop; with packing a sample's k images take k consecutive slots of its row.
-The pipeline's Owl branch calls `tokenize_sample` (tokens and image count, that drop), `sample_images` (a
-sample's image fields), `check_image_slots` (its `max_images` setting) and `stack_image_slots`.
+The pipeline reaches these through the Owl `System` (`lav2_jax.systems.owl.system`): `tokenize_sample` (tokens and
+image count, that drop) and `sample_images` (a sample's image fields).
 
 Images (`preprocess_image`): training = RandomResizedCrop(size, scale 0.5–1, bicubic) + horizontal flip (p 0.5),
 evaluation = a bicubic resize to size × size (no crop); then the CLIP normalisation.
@@ -27,11 +27,14 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
-from lav2_jax.systems.owl import templates as ot
-from lav2_jax.systems.llava.conversation import EOS, IMAGE
+from lav2_jax.data import images
 from lav2_jax.data.samples import Tokenized, _text, kind_of
 from lav2_jax.data.tokenizer import Tokenizer
+from lav2_jax.systems.llava.conversation import EOS, IMAGE
+from lav2_jax.systems.llava.samples import truncate
+from lav2_jax.systems.owl import templates as ot
 
 TRAIN_SCALE = (0.5, 1.0)
 
@@ -58,8 +61,6 @@ def encode(tok: Tokenizer, segments: Sequence[tuple[str, bool]], n_image_tokens:
 def tokenize(tok: Tokenizer, segments: Sequence[tuple[str, bool]], max_len: int, n_image_tokens: int,
              image_token_id: int) -> Optional[Tokenized]:
     """Tokens/targets/loss_mask truncated to `max_len`; None when no answer survives or an image would be cut."""
-    from lav2_jax.systems.llava.samples import truncate
-
     return truncate(*encode(tok, segments, n_image_tokens, image_token_id), max_len, n_image_tokens, image_token_id)
 
 
@@ -116,10 +117,6 @@ def sample_images(record: Mapping[str, Any], n_images: int, size: int, rng: Opti
 def preprocess_image(src, size: int, rng: Optional[np.random.Generator] = None, channel_order: str = "rgb", *,
                      name: Optional[str] = None) -> np.ndarray:
     """float32 [size, size, 3]: training augmentation when `rng` is given, else the evaluation resize."""
-    from PIL import Image
-
-    from lav2_jax.data import images
-
     img = src if isinstance(src, Image.Image) else images.decode(src, name=name)
     if rng is None:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
@@ -129,24 +126,3 @@ def preprocess_image(src, size: int, rng: Optional[np.random.Generator] = None, 
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return images.normalize(np.asarray(img), channel_order)
-
-
-def check_image_slots(max_images: int, template: str, packed_images: bool, max_segments: int) -> None:
-    """ValueError unless `max_images` fits: >= 1, > 1 for `template="owl"` only, and with packing of an image
-    stream (`packed_images`) at most a row's image slots (`max_segments`)."""
-    if max_images < 1 or (max_images > 1 and template != "owl"):
-        raise ValueError(f"max_images={max_images}: several images per sample are mPLUG-Owl's (template='owl')")
-    if packed_images and max_segments < max_images:
-        raise ValueError(f"packing: max_segments {max_segments} (images per row) < max_images {max_images} "
-                         "(images per sample)")
-
-
-def stack_image_slots(per_sample: Sequence[np.ndarray], max_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """[k_i, H, W, 3] per sample (k_i ≤ max_images) → (images [B, max_images, H, W, 3], has_image
-    [B, max_images])."""
-    shape = next(x.shape[1:] for x in per_sample)
-    images = np.zeros((len(per_sample), max_images) + shape, np.float32)
-    has_image = np.zeros((len(per_sample), max_images), np.bool_)
-    for i, x in enumerate(per_sample):
-        images[i, :len(x)], has_image[i, :len(x)] = x, True
-    return images, has_image

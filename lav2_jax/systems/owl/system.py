@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from flax import traverse_util
+
 from lav2_jax.core import templates as core_templates
 from lav2_jax.core.registry import register
-from lav2_jax.core.system import System
-from lav2_jax.systems.owl import samples, templates
+from lav2_jax.core.system import DataKind, System
+from lav2_jax.systems.owl import clip_init, commands, samples, sources, templates
+from lav2_jax.systems.owl.presets import ADAPTER_PRESETS, PRESET_RECIPES, PRESET_VISIONS
+from lav2_jax.systems.owl.recipes import RECIPES
 from lav2_jax.systems.owl.train_config import owl_configs
 from lav2_jax.systems.owl.visual import owl_visual_tokens
 
@@ -27,7 +31,16 @@ def abstractor_tokens(adapter, vision, model, pixels):
 class MplugOwl(System):
     name = "owl"
     title = "mPLUG-Owl"
+    adapter_presets = ADAPTER_PRESETS
+    preset_recipes = PRESET_RECIPES
+    preset_visions = PRESET_VISIONS
+    recipes = {r.name: r for r in RECIPES}
+    converters = commands.CONVERTERS
+    demo_stages = ("stage1", "stage2")  # configs/demo_owl.py
     max_images = None  # several `Human: <image>` lines per prompt
+    spliced_samples = True
+    data_kinds = {"owl": DataKind("mPLUG-Owl JSON / JSONL objects {text, image: [paths]}, stored as conversations",
+                                  sources.owl_records)}
 
     def visual_front_end(self, adapter):
         return abstractor_tokens
@@ -43,6 +56,12 @@ class MplugOwl(System):
                     max_images=int(d.get("max_images", 1)))
 
     # ---- data ----
+    def check_pipeline(self, cfg) -> None:
+        """One format; `template="owl"` (what configs wrote before `PipelineConfig.system`) names it too."""
+        if cfg.template not in ("", "owl"):
+            raise ValueError(f"PipelineConfig.template={cfg.template!r}: mPLUG-Owl has one prompt format "
+                             "(template '')")
+
     def tokenize_record(self, tok, record, pick: int, cfg):
         """More images than the batch has slots for: dropped (None), counted by the pipeline."""
         return samples.tokenize_sample(tok, record, pick, cfg.max_len, cfg.image_tokens, cfg.image_token_id,
@@ -51,6 +70,12 @@ class MplugOwl(System):
     def record_images(self, record, n_images: int, cfg, rng, name: Optional[str]) -> dict:
         """`images` [k, H, W, 3] (image j fills the j-th placeholder run) and `image` (the first, or zeros)."""
         return samples.sample_images(record, n_images, cfg.image_size, rng, cfg.channel_order, name)
+
+    # ---- demo ----
+    def vision_from_clip(self, clip, model, keys) -> dict:
+        """`owl_vision/...`: the tower in Owl's vision layout (`clip_init.clip_to_owl_vision`)."""
+        tree = clip_init.clip_to_owl_vision(clip, model.vision.heads)
+        return {("owl_vision",) + k: v for k, v in traverse_util.flatten_dict(tree).items()}
 
     # ---- prompts ----
     def instruction_prompt(self, adapter, instruction: str, input_text: Optional[str] = None, image=False) -> str:

@@ -16,15 +16,14 @@
 
 from __future__ import annotations
 
+import ml_collections
+
 from lav2_jax.core import presets
 from lav2_jax.core.config import AbstractorConfig, AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.systems.owl.visual import OWL_IMAGE_TOKEN_ID, owl_splice
 
 OWL_FIELDS = ("vision_eps", "num_queries", "layers", "heads", "mlp_dim", "eps", "dropout", "image_token_id")
 LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
-
-
-def is_owl(mc) -> bool:
-    return mc.get("system", "lav2") == "owl"
 
 
 def _checked(section, known: tuple, where: str) -> dict:
@@ -37,8 +36,6 @@ def _checked(section, known: tuple, where: str) -> dict:
 
 def owl_configs(mc, model: ModelConfig) -> tuple[AdapterConfig, VisionConfig]:
     """(adapter, vision) of an Owl run described by `config.model` (`mc`), for the language model `model`."""
-    from lav2_jax.systems.owl.visual import OWL_IMAGE_TOKEN_ID, owl_splice
-
     o = _checked(mc.get("owl"), OWL_FIELDS, "owl")
     base = presets.get_vision(mc.vision)
     vision = base.replace(output_dim=base.width, layer_norm_eps=float(o.get("vision_eps", 1e-6)),
@@ -63,10 +60,9 @@ def owl_configs(mc, model: ModelConfig) -> tuple[AdapterConfig, VisionConfig]:
 def add_owl_fields(c, *, lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropout: float = 0.0,
                    lora_targets: tuple = ("wq", "wv"), num_queries: int = 64, layers: int = 6, heads: int = 16,
                    mlp_dim: int = 2816, dropout: float = 0.1, image_token_id: int = -1, vision_checkpoint: str = ""):
-    """Adds the Owl fields above (and `data.template = "owl"`, square resize, no packing, the release's training
-    augmentation `data.augment`, one image per sample `data.max_images`) to a `base_config()`."""
-    import ml_collections
-
+    """Adds the Owl fields above (and `data.template = ""`: Owl has one prompt format, the pipeline's `system`
+    comes from the model, and "owl", what older configs wrote, is accepted too; square resize, no packing, the
+    release's training augmentation `data.augment`, one image per sample `data.max_images`) to a `base_config()`."""
     c.model.system = "owl"
     c.model.owl = ml_collections.ConfigDict(dict(vision_eps=1e-6, num_queries=num_queries, layers=layers,
                                                  heads=heads, mlp_dim=mlp_dim, eps=1e-6, dropout=dropout,
@@ -74,7 +70,7 @@ def add_owl_fields(c, *, lora_rank: int = 0, lora_alpha: float = 0.0, lora_dropo
     c.model.lora = ml_collections.ConfigDict(dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                                                   targets=tuple(lora_targets)))
     c.model.vision_checkpoint = vision_checkpoint
-    c.data.template = "owl"
+    c.data.template = ""
     c.data.image_aspect = "square"
     c.data.packing = False  # one sample per row (right padding), as the release trains
     c.data.augment = True  # RandomResizedCrop(scale 0.5–1) + horizontal flip (`owl_samples.preprocess_image`)
