@@ -1,7 +1,7 @@
 """Tiny random checkpoints in each PyTorch source format, written by the tests themselves.
 
 References come from `transformers` (`LlamaForCausalLM`, `CLIPVisionModel`); the Meta / OpenAI / released layouts
-are derived from their state dicts with the key maps of DESIGN.md §4 (Meta q/k rows in the interleaved RoPE order).
+are derived from their state dicts with the key maps of docs/design.md §7 (Meta q/k rows in the interleaved RoPE order).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def meta_state_dict(hf_model, config, dtype=torch.float32) -> dict:
 
 
 def split_meta(sd: dict, n: int) -> list[dict]:
-    """Model-parallel shards of a Meta state dict (DESIGN.md §4 axes; norms replicated)."""
+    """Model-parallel shards of a Meta state dict (docs/design.md §7.2 axes; norms replicated)."""
     shards = [{} for _ in range(n)]
     for k, v in sd.items():
         name = k.split(".")[-2]
@@ -201,7 +201,7 @@ def hf_clip(vision, seed: int = 0):
 
 
 def hf_clip_tokens(model, images_nhwc) -> np.ndarray:
-    """Reference: projection of the post-LN hidden states of **all** tokens (DESIGN.md §1.3)."""
+    """Reference: projection of the post-LN hidden states of **all** tokens (docs/design.md §3.2.1)."""
     with torch.no_grad():
         pixels = torch.as_tensor(np.asarray(images_nhwc)).permute(0, 3, 1, 2)
         h = model.vision_model(pixel_values=pixels).last_hidden_state

@@ -1,4 +1,4 @@
-"""CLIPVisionTower (DESIGN.md §1.3, §4): parity with Hugging Face `CLIPVisionModel`, shapes, jit, remat, dtypes."""
+"""CLIPVisionTower (docs/design.md §3.2.1, §7.5): parity with Hugging Face `CLIPVisionModel`, shapes, jit, remat, dtypes."""
 
 import functools
 

@@ -2,7 +2,7 @@
 
 Proves: BIAS and LORA-BIAS structured files (every tensor non-trivial, some float16) convert into the right preset
 (`bias_qo_ffn`, official fusion, BGR, sizes from tensor shapes); every released tensor lands in our tree exactly
-where DESIGN.md §4 says, checked tensor by tensor with the DESIGN permutation formula written out independently
+where docs/design.md §7 says, checked tensor by tensor with the §2.2 permutation formula written out independently
 (wq bias and LoRA-B rows of wq/wk permuted per head, k with n_kv_heads); the base LLaMA, CLIP and tokenizer come
 along; the multimodal model runs on images; `official → orbax → official` is bit-exact (keys, dtypes, values,
 config); the CLI subcommands work.
@@ -28,7 +28,7 @@ VISION = presets.get_vision("tiny")
 
 
 def design_perm(w, n):
-    """DESIGN.md §1.1, verbatim: w_hf = w_meta.reshape(n, hd//2, 2, dim).transpose(0,2,1,3).reshape(n*hd, dim)."""
+    """docs/design.md §2.2, verbatim: w_hf = w_meta.reshape(n, hd//2, 2, dim).transpose(0,2,1,3).reshape(n*hd, dim)."""
     w = np.asarray(w, np.float32)
     if w.ndim == 1:
         return design_perm(w[:, None], n)[:, 0]

@@ -3,7 +3,7 @@ JSON, and `lav2 data build --kind conversation` → the grain pipeline with visu
 
 Hand-worked expectations spell every sample out piece by piece: `E(text)` = a run's first piece (tokenizer dummy
 prefix, after BOS / an image / `</s>`), `C(text)` = a continuation, `IMG` = the image's placeholder run. vicuna_v1 is
-also checked against an independent re-implementation of LLaVA's own count-based rule (SEED_SYSTEMS.md §1.3
+also checked against an independent re-implementation of LLaVA's own count-based rule (docs/design.md §4.3
 "v1 masking": split on `</s>`, mask each round up to and including `" ASSISTANT: "` by token counts).
 """
 
@@ -68,7 +68,7 @@ def test_vicuna_v1_two_turns_with_image_hand_worked(tok):
 
 
 def _llava_v1_rule(tok, conversation: str, n_img: int):
-    """LLaVA's v1 masking by token counts (facts sheet §1.3), with a legacy-style tokenizer: `</s>` in text is the
+    """LLaVA's v1 masking by token counts (docs/design.md §4.3), with a legacy-style tokenizer: `</s>` in text is the
     EOS id and the text after it gets the dummy prefix; `<image>` splits the text into separately tokenized chunks
     (BOS kept for the first only) joined by one image slot, expanded to `n_img` placeholders at the end."""
     def text_ids(text):

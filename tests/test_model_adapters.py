@@ -1,4 +1,4 @@
-"""Hand-checked adapters: non-zero bias/scale/LoRA/gates against plain-numpy references of DESIGN.md §1.2."""
+"""Hand-checked adapters: non-zero bias/scale/LoRA/gates against plain-numpy references of docs/design.md §3.1."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""mPLUG-Owl's templates, masking and data (SEED_SYSTEMS.md §3.3): `lav2 data build --kind owl` → the pipeline.
+"""mPLUG-Owl's templates, masking and data (docs/design.md §5.3): `lav2 data build --kind owl` → the pipeline.
 
 Proves: the generation prompt is the release's text exactly; a jsonl of Owl objects (`text` + `image` list) builds
 with text-only and multi-image samples kept and mismatched / misplaced-image samples skipped with counted reasons;

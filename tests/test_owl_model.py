@@ -1,7 +1,7 @@
-"""mPLUG-Owl's vision model, visual abstractor and in-place splice (SEED_SYSTEMS.md §3.1–3.3).
+"""mPLUG-Owl's vision model, visual abstractor and in-place splice (docs/design.md §5.1–5.3).
 
 Proves, in float32 at max-abs ≤ 1e-5: the vision model and the abstractor reproduce a numpy reference written from
-the facts sheet on released-format tensors; the per-head `[q_h, k_h, v_h]` layout differs from CLIP's blocked
+docs/design.md §5.1–5.2 on released-format tensors; the per-head `[q_h, k_h, v_h]` layout differs from CLIP's blocked
 `[q; k; v]` (hand-checked permutation; the unpermuted weights give another answer); CLIP weights mapped with the
 re-order reproduce Hugging Face `CLIPVisionModel` (post-LN on every token) and our CLIP tower (`… @ proj`) when
 the eps agree; the abstractor's residual is taken from the *normed* queries; each image gives queries + 1 tokens

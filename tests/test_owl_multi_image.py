@@ -1,4 +1,4 @@
-"""mPLUG-Owl samples with several images (SEED_SYSTEMS.md §3.3: several ``Human: <image>`` lines), model side.
+"""mPLUG-Owl samples with several images (docs/design.md §5.3: several ``Human: <image>`` lines), model side.
 
 Proves, on a tiny random Owl model in float32 (max-abs ≤ 1e-5): image j of a sample (slot j of `images`
 [B, N, H, W, 3]) is encoded on its own and its Q + 1 abstractor tokens land on the sample's j-th placeholder run;

@@ -1,4 +1,4 @@
-"""mPLUG-Owl recipes (SEED_SYSTEMS.md §3.4) on `configs/tiny_owl.py`: each trains exactly its groups.
+"""mPLUG-Owl recipes (docs/design.md §5.4) on `configs/tiny_owl.py`: each trains exactly its groups.
 
 Proves: `owl-stage1` labels every `owl_vision/...` and `abstractor/...` leaf trainable (the vision tower trains:
 frozen vision is not assumed) and every LLM leaf frozen, and one real train step changes vision and abstractor

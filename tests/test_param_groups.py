@@ -1,4 +1,4 @@
-"""Parameter groups (DESIGN.md §2): each system's named recipes (ordered rules) and the engine that applies them;
+"""Parameter groups (docs/design.md §6): each system's named recipes (ordered rules) and the engine that applies them;
 the recipes label every parameter of every built-in model exactly as the former 11-column table did."""
 
 import importlib.util

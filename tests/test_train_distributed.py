@@ -1,4 +1,4 @@
-"""Sharded and multi-process training agree with one device / one process (DESIGN.md §5)."""
+"""Sharded and multi-process training agree with one device / one process (docs/design.md §8)."""
 
 import json
 import os

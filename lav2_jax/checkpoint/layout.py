@@ -10,7 +10,7 @@ A checkpoint directory:
                 from the adapter (`AdapterConfig.system`).
   tokenizer/    a copy of `tokenizer.model` (sentencepiece) or of a Hugging Face tokenizer directory (optional)
   base/         orbax item: the frozen leaves (LLaMA kernels and embeddings, CLIP; norms when not tuned)
-  adapter/      orbax item: every leaf that recipe `all-adapters` trains (DESIGN.md §2), so that an adapter
+  adapter/      orbax item: every leaf that recipe `all-adapters` trains (docs/design.md §6.3), so that an adapter
                 (tens of MB) is saved, shared and restored alone
 
 Item leaves are keyed by the model's parameter paths (`layers/attention/wq/kernel`, stacked on the layer axis,

@@ -2,7 +2,7 @@
 
 Reads one human message per line from stdin (EOF, `/quit` or `/exit` ends; `/reset` forgets the history) and
 streams each reply as it is produced, prefixed "Assistant: ". The conversation uses the chat template of
-DESIGN.md §3 (`lav2_jax.inference.chat.ChatSession`): when the history no longer fits the model's context with
+docs/design.md §3.3 (`lav2_jax.inference.chat.ChatSession`): when the history no longer fits the model's context with
 room for `--max-new-tokens`, the oldest exchanges are dropped and a notice is printed on stderr. With `--image`,
 every turn sees the image (models with a vision tower only); mPLUG-Owl takes `--image` repeated (one
 `Human: <image>` line per image, before the first question).
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lav2_jax.cli.generate import add_sampling_arguments
 
     add_sampling_arguments(p)
-    p.add_argument("--system", default=None, help="system text (default: the 65B chat model's, DESIGN.md §3)")
+    p.add_argument("--system", default=None, help="system text (default: the 65B chat model's, docs/design.md §3.3.2)")
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""`lav2 compile`: ahead-of-time compile for a TPU topology and print per-chip memory (DESIGN.md §5).
+"""`lav2 compile`: ahead-of-time compile for a TPU topology and print per-chip memory (docs/design.md §8.2).
 
     lav2 compile --config configs/joint_7b.py --topology v5e:2x4            # the training step of a train config
     lav2 compile --model llama1-7b --adapter release-bias --topology v5e:2x4 --batch 8 --seq 512   # a forward pass

@@ -1,6 +1,6 @@
 """`lav2 generate --ckpt C [--image PATH ...] --prompt TEXT [--raw] [--expert caption|ocr]`.
 
-The Alpaca template (DESIGN.md §3) wraps `--prompt` (and `--input`) unless `--raw`. Tokens are streamed to stdout
+The Alpaca template (docs/design.md §3.3.2) wraps `--prompt` (and `--input`) unless `--raw`. Tokens are streamed to stdout
 as they are produced: a Python loop over one jitted decode step (one host round trip per token), which is what
 lets the text appear token by token; batch runs use the single jitted prefill + `lax.while_loop` instead.
 
@@ -36,7 +36,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="tokens to generate at most; capped at the context left after the prompt (max_seq_len)")
     p.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, the release's)")
-    p.add_argument("--top-p", type=float, default=0.75, help="the release's top-p rule (DESIGN.md §3)")
+    p.add_argument("--top-p", type=float, default=0.75, help="the release's top-p rule (docs/design.md §3.3.3)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the checkpoint dtype")
 

@@ -1,7 +1,7 @@
 """Frozen dataclass configs for the language model, its adapters and the visual branch.
 
-`ModelConfig` describes the frozen LLaMA (DESIGN.md §1.1), `AdapterConfig` every trainable addition of
-LLaMA-Adapter V2 (§1.2–1.3, paper §4.1–4.3), `VisionConfig` the frozen CLIP tower (§1.3). Named presets live in
+`ModelConfig` describes the frozen LLaMA (docs/design.md §2), `AdapterConfig` every trainable addition of
+LLaMA-Adapter V2 (§3.1–3.2, paper §4.1–4.3), `VisionConfig` the frozen CLIP tower (§3.2.1). Named presets live in
 `lav2_jax.core.presets`.
 """
 
@@ -99,7 +99,7 @@ class AdapterConfig:
     visual_fusion: `early` (paper §4.3, visual prompts gated in the first `early_layers` K layers), `official`
       (released: visual tokens added to the adapter prompts), or `none` (language-only).
     query_len: number of visual tokens the connector emits.
-    v_depth, v_width, v_num_heads, v_mlp_ratio: the connector's transformer blocks (DESIGN.md §1.3).
+    v_depth, v_width, v_num_heads, v_mlp_ratio: the connector's transformer blocks (docs/design.md §3.2.2).
     """
 
     linear_kind: str = "output"
@@ -211,7 +211,7 @@ class VisionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AbstractorConfig:
-    """mPLUG-Owl's visual abstractor (SEED_SYSTEMS.md §3.2): `num_queries` learned queries, `layers` cross-attention
+    """mPLUG-Owl's visual abstractor (docs/design.md §5.2): `num_queries` learned queries, `layers` cross-attention
     blocks of width `width` (= the vision width) with `heads` heads and a SwiGLU MLP of `mlp_dim` with an inner
     LayerNorm of eps `layer_norm_eps` (norm1/normk/norm2 use torch's default 1e-5), attention-prob dropout
     `attention_dropout` in training; `visual_fc` maps to the LLM width and `vit_eos` is appended (queries + 1)."""
@@ -239,7 +239,7 @@ class AbstractorConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SpliceConfig:
-    """A spliced visual path (LLaVA, mPLUG-Owl; SEED_SYSTEMS.md §1.2, §3.3): each image contributes `n_tokens`
+    """A spliced visual path (LLaVA, mPLUG-Owl; docs/design.md §4.2, §5.3): each image contributes `n_tokens`
     visual tokens that replace `n_tokens` copies of `image_token_id` in the prompt (`lav2_jax.model.splice`).
 
     system: the registered system (`lav2_jax.core.registry`) whose visual front-end encodes the images (`llava`,

@@ -1,4 +1,4 @@
-"""FLOPs of a compiled program, counted in its HLO; HBM per TPU chip (DESIGN.md §5, §7).
+"""FLOPs of a compiled program, counted in its HLO; HBM per TPU chip (docs/design.md §8, §9).
 
 Compiled FLOPs. XLA's `cost_analysis()` counts a while loop's body once, so a scanned 32-layer model reports the
 FLOPs of one layer (and one loss chunk, one micro-batch, one CLIP block). `hlo_flops` reads the compiled (SPMD

@@ -1,6 +1,6 @@
-"""Disjoint parameter groups (paper §4.2, DESIGN.md §2), driven by named recipes of ordered rules.
+"""Disjoint parameter groups (paper §4.2, docs/design.md §6), driven by named recipes of ordered rules.
 
-A recipe (`lav2_jax.core.registry.Recipe`) is contributed by a system (`systems/<name>/recipes.py`, listed by
+A recipe (`lav2_jax.core.recipe.Recipe`) is contributed by a system (`systems/<name>/recipes.py`, listed by
 `lav2 info` / `lav2 train --help`); `param_groups(params, recipe)` labels every leaf `caption`, `instruction` or
 `frozen`: the first rule of the recipe whose regex matches the leaf's path (`/`-joined, e.g.
 `layers/attention/wq/bias`) decides, and a path no rule matches is frozen. Training feeds the labels to
@@ -20,7 +20,7 @@ import flax.linen as nn
 from flax import traverse_util
 
 from lav2_jax.core import registry
-from lav2_jax.core.registry import GROUPS, Recipe
+from lav2_jax.core.recipe import GROUPS, Recipe
 
 C, I, F = GROUPS
 NORM_PATTERN = r"(^|/)(attention_norm|ffn_norm|norm)/scale$"  # RMSNorm weights (norm tuning)

@@ -1,4 +1,4 @@
-"""Named model, adapter and vision presets (DESIGN.md §1, §7).
+"""Named model, adapter and vision presets (docs/design.md §2–3, §9).
 
 `get_model("llama1-7b")`, `get_adapter("paper")`, `get_vision("vit-l-14")`; `MODEL_PRESETS`, `VISION_PRESETS` and
 `adapter_presets()` list the names. Adapter presets: the language-only `none` and `lora` here, every other one in
@@ -23,7 +23,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
                              ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192),
     "llama3-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=128256, multiple_of=4096,
                               ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192),
-    # DESIGN.md §7 benchmark configurations.
+    # docs/design.md §9 benchmark configurations.
     "bench-s": ModelConfig(dim=768, n_layers=12, n_heads=12, ffn_hidden_dim=2048, norm_eps=1e-6, max_seq_len=512),
     "bench-m": ModelConfig(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_hidden_dim=5632, norm_eps=1e-6,
                            max_seq_len=512),

@@ -19,12 +19,11 @@ through here, without an import cycle.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import Mapping, Optional
 
-if TYPE_CHECKING:  # typing only: System classes live in the systems' packages
-    from lav2_jax.core.system import System
+from lav2_jax.core.recipe import Recipe
+from lav2_jax.core.system import System
 
 BUILTIN = {
     "lav2": "lav2_jax.systems.lav2.system",
@@ -32,38 +31,10 @@ BUILTIN = {
     "owl": "lav2_jax.systems.owl.system",
 }
 
-GROUPS = ("caption", "instruction", "frozen")
+_SYSTEMS: dict[str, System] = {}
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """Which parameters train, and in which group (paper §4.2: disjoint groups).
-
-    rules: ordered `(regex, group)` pairs over `/`-joined parameter paths (e.g. `layers/attention/wq/bias`); the
-      first rule whose regex matches a path decides its group (`caption`, `instruction` or `frozen`); a path no rule
-      matches is frozen.
-    norm_tuning: the recipe's norms are LLaMA-Adapter's "norm tuning", frozen when the adapter disables it
-      (`AdapterConfig.norm_tuning=False`); a full fine-tune's norms are ordinary weights (False).
-    full_finetune: the recipe trains base weights (no frozen base to share or quantise).
-    """
-
-    name: str
-    system: str
-    rules: tuple[tuple[str, str], ...]
-    description: str = ""
-    norm_tuning: bool = False
-    full_finetune: bool = False
-
-    def __post_init__(self):
-        for pattern, group in self.rules:
-            if group not in GROUPS:
-                raise ValueError(f"recipe {self.name!r}: rule {pattern!r} names group {group!r}; known: {GROUPS}")
-
-
-_SYSTEMS: dict[str, "System"] = {}
-
-
-def register(system: "System") -> "System":
+def register(system: System) -> System:
     """Adds `system` to the registry (and returns it, so a module can write `SYSTEM = register(MySystem())`)."""
     name = system.name
     if not name or not isinstance(name, str):
@@ -89,7 +60,7 @@ def _load_builtins() -> None:
             importlib.import_module(module)  # registers itself
 
 
-def get(name: str) -> "System":
+def get(name: str) -> System:
     """The System called `name`; ValueError naming the known ones for an unknown name."""
     if name not in _SYSTEMS and name in BUILTIN:
         importlib.import_module(BUILTIN[name])
@@ -105,12 +76,12 @@ def names() -> list[str]:
     return builtin + [n for n in _SYSTEMS if n not in BUILTIN]
 
 
-def of(adapter) -> "System":
+def of(adapter) -> System:
     """The System an AdapterConfig belongs to (`adapter.system`; `lav2` for None, a language-only model)."""
     return get("lav2" if adapter is None else adapter.system)
 
 
-def all_systems() -> list["System"]:
+def all_systems() -> list[System]:
     return [get(n) for n in names()]
 
 

@@ -1,4 +1,4 @@
-"""The one table from logical axis names to mesh axes (DESIGN.md §5).
+"""The one table from logical axis names to mesh axes (docs/design.md §8.1).
 
 Modules name axes (`lav2_jax.model.common`); only this table knows the physical mesh `(data, fsdp, tensor)`.
 A pod configuration changes these rules and the mesh shape, never a module.

@@ -7,7 +7,7 @@ model        `visual_front_end(adapter)`: the function that turns images into vi
              Transformer's compact scope (`VisualFrontEnd`); `check_configs(adapter, vision)`: the system's own
              config checks; `adapter_presets`: named AdapterConfigs, with `preset_visions` (their vision presets)
              and `preset_recipes` (the recipes `lav2 info` counts on each)
-training     `recipes`: named parameter-group rules (`lav2_jax.core.registry.Recipe`); `model_configs`,
+training     `recipes`: named parameter-group rules (`lav2_jax.core.recipe.Recipe`); `model_configs`,
              `configs_over_base`: (AdapterConfig, VisionConfig) from a training config's `model` section;
              `pipeline_options`: the data pipeline's fields for this system
 data         `tokenize_record`, `record_images`: one dataset record → a training sample; `check_pipeline`: a
@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 import jax
 from flax import traverse_util
 
-from lav2_jax.core.registry import Recipe
+from lav2_jax.core.recipe import Recipe
 
 
 class VisualFrontEnd(Protocol):

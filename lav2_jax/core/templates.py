@@ -1,6 +1,6 @@
-"""Prompt templates of DESIGN.md §3, shared by training data (`lav2_jax.data`) and inference.
+"""Prompt templates of docs/design.md §3.3.2, shared by training data (`lav2_jax.data`) and inference.
 
-Every string here is the exact text of DESIGN.md §3; do not reformat.
+Every string here is the exact text of docs/design.md §3.3.2; do not reformat.
 
 * `alpaca(instruction, input=None)` — the Alpaca prompt, ending in ``"### Response:"``. An empty or
   whitespace-only `input` selects the no-input form (Alpaca data stores "no input" as ``""``).
@@ -47,7 +47,7 @@ Segments = list[tuple[str, bool]]
 
 
 def alpaca(instruction: str, input: str | None = None) -> str:  # noqa: A002 - the field's name in Alpaca data
-    """The Alpaca prompt of DESIGN §3 (with the input form when `input` has non-blank text)."""
+    """The Alpaca prompt of docs/design.md §3.3.2 (with the input form when `input` has non-blank text)."""
     if input is not None and input.strip():
         return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
     return ALPACA_NO_INPUT.format(instruction=instruction)

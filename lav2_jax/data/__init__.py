@@ -1,4 +1,4 @@
-"""Training data and host image preprocessing (DESIGN.md §1.3).
+"""Training data and host image preprocessing (docs/design.md §3.2.4).
 
 Modules, one concept each:
 

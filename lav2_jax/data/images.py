@@ -1,6 +1,6 @@
 """Host-side image decoding, CLIP preprocessing and training augmentation (numpy + PIL, no TensorFlow).
 
-Implements DESIGN.md §1.3 "Preprocessing":
+Implements docs/design.md §3.2.4:
 
 * evaluation: resize the short side to `size` (bicubic), center crop `size × size`, scale to [0, 1],
   normalise with the CLIP mean/std;
@@ -12,7 +12,7 @@ Output of `preprocess` / `augment`: float32 `[size, size, 3]`, channels in `chan
 canvas of its longer side filled with the mean colour `int(255·mean)` = (122, 116, 104) (`expand_to_square`).
 
 Channel order. The released checkpoints saw images read by OpenCV and never converted, i.e. BGR pixels fed to
-a normalisation whose mean/std are listed in RGB order (§1.3). `channel_order="bgr"` reproduces exactly that:
+a normalisation whose mean/std are listed in RGB order (§3.2.4). `channel_order="bgr"` reproduces exactly that:
 the channels are reversed *before* normalisation and `CLIP_MEAN[c]`/`CLIP_STD[c]` are applied to channel
 position `c`. So `bgr * std + mean == reverse(rgb * std + mean)`.
 
@@ -183,7 +183,7 @@ def random_resized_crop_box(
 
 
 def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """The training crop of DESIGN §1.3: random box, then bicubic resize of the box to `size × size`."""
+    """The training crop of docs/design.md §3.2.4: random box, then bicubic resize of the box to `size × size`."""
     box = random_resized_crop_box(img.width, img.height, rng)
     return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
 

@@ -1,4 +1,4 @@
-"""LLaVA-1.5's `group_by_modality_length` (stage 2; SEED_SYSTEMS.md §1.3 "length grouping"): every global batch
+"""LLaVA-1.5's `group_by_modality_length` (stage 2; docs/design.md §4.3 "length grouping"): every global batch
 is drawn from one modality — all samples with an image, or all text-only ones — and is spread over the data
 processes by length.
 

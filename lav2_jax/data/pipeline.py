@@ -48,7 +48,7 @@ Order of operations (grain dataset API)::
 * Checkpointing: `PipelineIterator.get_state()` is a JSON-serialisable dict (grain's state plus the drop count);
   `set_state` on a fresh iterator of the same pipeline (same config, including `worker_count`) continues with
   exactly the batches the saved iterator would have produced.
-* Joint recipe (DESIGN.md §2, paper §4.2): `JointPipeline` advances a caption pipeline and an instruction
+* Joint recipe (docs/design.md §6, paper §4.2): `JointPipeline` advances a caption pipeline and an instruction
   pipeline together, one batch of each per step. Both repeat forever, so the shorter one simply starts its next
   (reshuffled) epoch while the longer continues; a "joint epoch" is `steps_per_epoch` = the longer one's.
 """

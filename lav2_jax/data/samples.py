@@ -1,4 +1,4 @@
-"""From a stored record to one training sequence: template (DESIGN.md §3), tokens, targets, loss mask, truncation.
+"""From a stored record to one training sequence: template (docs/design.md §3.3.2), tokens, targets, loss mask, truncation.
 
 Shared by the builder (to drop over-long samples at build time) and the grain pipeline (at run time), so both
 apply the same rule.

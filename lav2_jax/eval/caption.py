@@ -9,7 +9,7 @@ Inputs:
                 file name is an --ann ``file_name``: the LAVIS/BLIP ``coco_karpathy_test.json``);
               * Karpathy's ``dataset_coco.json`` ``{"images": [{"cocoid", "split", ...}]}``: its "test" images.
 Prompt: the release's caption prompt, `templates.caption_prompt()` (the caption instruction in the no-input
-Alpaca template, DESIGN.md §3); greedy decoding.
+Alpaca template, docs/design.md §3.3.2); greedy decoding.
 
 Outputs: ``DIR/captions_results.json`` in the COCO results format ``[{"image_id": int, "caption": str}]`` (sorted
 by image id) and the metrics of `lav2_jax.eval.caption_metrics` over the captioned images.

@@ -4,7 +4,7 @@ Each stream is one dataset folder (``--data [NAME=]PATH``, NAME defaulting to th
 instruction or conversation). Its records go through the training input pipeline (`lav2_jax.data.pipeline`) in
 evaluation mode — file order, one epoch, no augmentation (center crop, the first caption of each record), the
 checkpoint's channel order — so the tokens, targets and loss mask are exactly the training ones
-(DESIGN.md §3: loss on answer tokens and the final EOS). Batches are padded to `batch_size` rows with empty loss
+(docs/design.md §3.3.1: loss on answer tokens and the final EOS). Batches are padded to `batch_size` rows with empty loss
 masks (one compiled shape per length bucket).
 
 Per batch b the record ``{"id": "NAME/b", "stream", "loss_sum", "tokens", "rows"}`` is appended to

@@ -11,7 +11,7 @@ a subtask missing from the root is reported (`missing_subtasks`), not fatal; a t
 "missing image" skip. A line that is not ``question<TAB>Yes|No`` is a skip record naming ``file:line``
 ("malformed question line"), or `EvalError` under `strict`.
 
-Prompt: the Alpaca no-input template around the question (DESIGN.md §3 — the release formats every question with
+Prompt: the Alpaca no-input template around the question (docs/design.md §3.3.2 — the release formats every question with
 it), greedy decoding. Answers parse to yes / no / other (`parse_answer`: the whole answer when it is yes or no,
 else whether "yes" or "no" occurs in its first four characters — MME's own rule).
 

@@ -8,7 +8,7 @@ Layout (`SQA_DIR`, the release of the ScienceQA authors):
   pid_splits.json  {"train": [pid, ...], "val": [...], "test": [...], ...}
   images/<split>/<pid>/image.png
 
-Prompt (`prompt`): the Alpaca template (DESIGN.md §3) with the instruction ``"Question: {question}\\nOptions: (A)
+Prompt (`prompt`): the Alpaca template (docs/design.md §3.3.2) with the instruction ``"Question: {question}\\nOptions: (A)
 {choice0} (B) {choice1} ...\\nAnswer with the option's letter from the given choices directly."`` and, when the
 problem has a hint (its text context), the Input ``"Context: {hint}"``; the image (if any) goes to the model.
 

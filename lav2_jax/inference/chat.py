@@ -1,4 +1,4 @@
-"""Multi-turn chat with the chat template of DESIGN.md §3 (`lav2_jax.core.templates.chat_prompt`; mPLUG-Owl
+"""Multi-turn chat with the chat template of docs/design.md §3.3.2 (`lav2_jax.core.templates.chat_prompt`; mPLUG-Owl
 checkpoints use their own, `lav2_jax.inference.prompts`).
 
 Each reply is generated from the whole conversation rendered by `chat_prompt(turns, system)` (system text, "###"

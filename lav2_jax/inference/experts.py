@@ -6,7 +6,7 @@ the bundle (it may ignore it) and keyword options.
 
 Prompt composition (exactly, tested): `expert_prompt(instruction, image, expert) ==
 lav2_jax.core.templates.alpaca(instruction, input=expert(image).strip())` — the expert's text, stripped of surrounding
-whitespace, fills the `### Input:` field of the Alpaca template (DESIGN.md §3); an expert that finds nothing
+whitespace, fills the `### Input:` field of the Alpaca template (docs/design.md §3.3.2); an expert that finds nothing
 (blank text) gives the no-input template.
 
 Built in:

@@ -1,4 +1,4 @@
-"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (DESIGN §3).
+"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (docs/design.md §3.3.3).
 
 `bundle` is what `lav2_jax.load_pretrained` returns (anything with `.model`, `.params`, `.tokenizer`). Prompts are
 final strings (apply `lav2_jax.core.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.
@@ -79,7 +79,7 @@ class _Batch:
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """BOS + prompt, no EOS (DESIGN §3)."""
+    """BOS + prompt, no EOS (docs/design.md §3.3.3)."""
     return [list(tokenizer.encode(p, bos=True, eos=False)) for p in prompts]
 
 
@@ -257,7 +257,7 @@ def cut_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
 
 def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: int = 256, temperature: float = 0.1,
              top_p: float = 0.75, seed: int = 0, *, mesh=None) -> Generated:
-    """Generates a continuation of every prompt (DESIGN §3 decoding: greedy at temperature 0, else the top-p rule).
+    """Generates a continuation of every prompt (docs/design.md §3.3.3 decoding: greedy at temperature 0, else the top-p rule).
 
     prompts: list of final strings (or one string); images: None, a float array [B, H, W, 3] of preprocessed
     images, or a list with an [H, W, 3] array or None per prompt. Spliced systems (LLaVA, mPLUG-Owl) take the

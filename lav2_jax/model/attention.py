@@ -1,4 +1,4 @@
-"""Causal GQA self-attention with RoPE, adapted linears and gated prompts (DESIGN.md §1.1–1.2).
+"""Causal GQA self-attention with RoPE, adapted linears and gated prompts (docs/design.md §2.3, §3.1).
 
 One module serves training (no cache), prefill (cache given, `decode=False`: writes keys/values and computes the
 prompts' keys/values once into the cache) and decoding (`decode=True`: reads the prompts' keys/values from the cache,

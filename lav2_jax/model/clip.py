@@ -1,4 +1,4 @@
-"""The frozen CLIP vision tower (OpenAI ViT layout), DESIGN.md §1.3 and §4.
+"""The frozen CLIP vision tower (OpenAI ViT layout), docs/design.md §3.2.1 and §7.5.
 
 `CLIPVisionTower(config)(images [B, H, W, 3]) -> tokens [B, num_tokens, output_dim]`: patch embedding (no bias),
 class token, learned positions, `ln_pre`, `layers` pre-LN residual blocks (quick_gelu MLP), then `ln_post` and the

@@ -1,4 +1,4 @@
-"""SwiGLU feed-forward (DESIGN.md §1.1): `w2(silu(w1 x) * w3 x)`, each linear an AdaptedDense."""
+"""SwiGLU feed-forward (docs/design.md §2.1): `w2(silu(w1 x) * w3 x)`, each linear an AdaptedDense."""
 
 from __future__ import annotations
 

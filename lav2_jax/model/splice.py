@@ -1,4 +1,4 @@
-"""Visual tokens spliced into the token sequence (LLaVA, mPLUG-Owl; SEED_SYSTEMS.md §1.2, §3.3).
+"""Visual tokens spliced into the token sequence (LLaVA, mPLUG-Owl; docs/design.md §4.2, §5.3).
 
 Interface (the Hugging Face convention: the model never changes the sequence length):
 

@@ -1,4 +1,4 @@
-"""The LLaMA-Adapter V2 language model (DESIGN.md §1; paper §4.1–4.3) as one Flax Linen module.
+"""The LLaMA-Adapter V2 language model (docs/design.md §2–3; paper §4.1–4.3) as one Flax Linen module.
 
 Parameter tree (layer parameters stacked on a leading `n_layers` axis by `nn.scan`; torch [out, in] weights are
 stored transposed as [in, out] kernels):

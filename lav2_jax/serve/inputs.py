@@ -3,7 +3,7 @@
 Messages → the checkpoint's chat template (`chat_format`): system/developer messages (first, joined by "\n") are
 the system text (none: the template's default), then user/assistant turns that alternate, start with a user turn
 and end with one. The template is the one `lav2 chat` uses for the checkpoint's system
-(`lav2_jax.inference.prompts.chat_prompt` / `chat_stop` on `model.adapter`; LLaMA-Adapter V2: DESIGN.md §3
+(`lav2_jax.inference.prompts.chat_prompt` / `chat_stop` on `model.adapter`; LLaMA-Adapter V2: docs/design.md §3.3.2
 "###Human: …###Assistant:", a reply ending at EOS or "###"); the reply's leading whitespace (the template's space
 after the assistant tag) is dropped, as in `lav2_jax.inference.chat`.
 

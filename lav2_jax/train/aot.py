@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation for TPU topologies we can only compile for (DESIGN.md §5, MaxText-style).
+"""Ahead-of-time compilation for TPU topologies we can only compile for (docs/design.md §8.2, MaxText-style).
 
 With `libtpu` installed (extra `tpu`), `jax.experimental.topologies.get_topology_desc` describes a TPU slice on a
 CPU host (`JAX_PLATFORMS=cpu` is fine); a program lowered with shardings over that slice's devices compiles to TPU

@@ -4,7 +4,7 @@ Each logged step writes one JSON line: `step`, per-stream `loss/<stream>`, per-g
 `grad_norm/<group>`, `gate/adapter` and `gate/visual` (mean |tanh(gate)| per layer: the gates open from 0 as training
 proceeds, paper §4.1), `tokens_per_s`, `mfu` (when a peak is known) and `time`. Only process 0 logs.
 
-MFU counts the work of a trained token as 4·N_matmul + 12·L·T·d FLOPs (DESIGN.md §7): forward and activation
+MFU counts the work of a trained token as 4·N_matmul + 12·L·T·d FLOPs (docs/design.md §9): forward and activation
 gradient of every matmul weight (frozen weights need no weight gradient) plus attention scores and values.
 """
 
@@ -30,7 +30,7 @@ def matmul_params(config) -> int:
 
 
 def train_flops_per_token(config, seq_len: int) -> float:
-    """≈ 4·N_matmul + 12·L·T·d (DESIGN.md §7)."""
+    """≈ 4·N_matmul + 12·L·T·d (docs/design.md §9)."""
     return 4.0 * matmul_params(config) + 12.0 * config.n_layers * seq_len * config.dim
 
 

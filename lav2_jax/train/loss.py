@@ -1,4 +1,4 @@
-"""Token cross-entropy over answer tokens (DESIGN.md §3: loss only on answer and EOS tokens).
+"""Token cross-entropy over answer tokens (docs/design.md §3.3.1: loss only on answer and EOS tokens).
 
 The vocabulary projection is done here, not in the model (`Transformer(..., return_hidden=True)` gives the final-normed
 hidden states), so the float32 logits `[B, T, V]` never materialise whole: the vocabulary is cut into chunks of
@@ -10,7 +10,7 @@ storing all of them. With 32000 words, B·T = 1024 and chunks of 4000, the large
 `token_loss_sums` returns the *sum* of per-token losses and the number of counted tokens, so gradient accumulation
 and data parallelism can divide once by the total count (mean per token over the whole global batch).
 
-Instruction data counts the response only (DESIGN.md §3), so the head is wasted on prompt and padding positions.
+Instruction data counts the response only (docs/design.md §3.3.1), so the head is wasted on prompt and padding positions.
 With `position_chunk = P > 0` (`loss_position_sums`) each row's loss positions are moved to its front (a stable
 sort of the row by "masked", a permutation), the rows are cut into chunks of P positions, and a loop runs only over
 the chunks that hold a loss position in some row (ceil(max loss positions per row / P) of them: a dynamic trip

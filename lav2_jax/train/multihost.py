@@ -1,4 +1,4 @@
-"""Multi-host set-up (DESIGN.md §5): `jax.distributed.initialize` when several processes train together.
+"""Multi-host set-up (docs/design.md §8.2): `jax.distributed.initialize` when several processes train together.
 
 Process discovery, in order: explicit `config.distributed` fields (coordinator address, process count and id),
 the `LAV2_COORDINATOR` / `LAV2_NUM_PROCESSES` / `LAV2_PROCESS_ID` environment variables (the local launch script),

@@ -1,5 +1,5 @@
 """Everything the loop needs, built from a config: model, frozen and trainable parameters on their shardings,
-group labels, the optimizer, state shardings and the jitted step (DESIGN.md §2, §5; paper §4.2).
+group labels, the optimizer, state shardings and the jitted step (docs/design.md §6, §8; paper §4.2).
 
 Trainable leaves are float32 master weights, also when they are base weights stored in bf16 (LLaVA's full
 fine-tune, `param_recipe="llava-stage2"`): the optimizer state is then sized and FSDP-sharded like the base.

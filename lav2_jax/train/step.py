@@ -1,4 +1,4 @@
-"""The jitted train step: disjoint groups, gradient accumulation, NaN guard (paper §4.2, DESIGN.md §2, §5).
+"""The jitted train step: disjoint groups, gradient accumulation, NaN guard (paper §4.2, docs/design.md §6, §8).
 
 A *recipe* is a tuple of `Stream`s: a stream names the batch it reads (`batch[stream.batch_key]`) and the trainable
 groups its loss updates. Streams of one step train disjoint groups, so each loss's gradient reaches only its own

@@ -1,4 +1,4 @@
-"""CLIP vision towers → our `clip/...` subtree (DESIGN.md §4; key maps in `lav2_jax.model.clip`).
+"""CLIP vision towers → our `clip/...` subtree (docs/design.md §7.5; key maps in `lav2_jax.model.clip`).
 
 OpenAI weights (a plain state dict, or the TorchScript archive `ViT-L-14.pt`): `visual.*` keys, the text tower is
 ignored. Hugging Face: a directory (`config.json` + weights) of `CLIPModel` / `CLIPVisionModelWithProjection`

@@ -1,4 +1,4 @@
-"""Hugging Face Llama directories → our tree (DESIGN.md §4).
+"""Hugging Face Llama directories → our tree (docs/design.md §7.3).
 
 Reads `config.json` and the weights: `model.safetensors.index.json` (+ shards), `model.safetensors`,
 `pytorch_model.bin.index.json` (+ shards) or `pytorch_model.bin`. HF already uses the half-split RoPE layout, so

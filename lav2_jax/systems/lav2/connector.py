@@ -1,4 +1,4 @@
-"""The trainable visual connector between CLIP and the language model (DESIGN.md §1.3, paper §4.3).
+"""The trainable visual connector between CLIP and the language model (docs/design.md §3.2.2, paper §4.3).
 
 `VisualConnector(adapter, out_dim)(clip_tokens [B, N, C]) -> visual tokens [B, query_len, out_dim]`:
 

@@ -1,4 +1,4 @@
-"""The released 65B chat model (language only; DESIGN.md §1.2 `input` placement, §4) → a checkpoint.
+"""The released 65B chat model (language only; docs/design.md §3.1.1 `input` placement, §7.4) → a checkpoint.
 
 A full state dict under `'model'` (Meta keys, optionally `llama.`-prefixed), one file or model-parallel shards,
 plus per layer `attention.w{q,k,v,o}_bias` / `_scale` and `feed_forward.w{1,2,3}_bias` / `_scale`: the bias is

@@ -1,4 +1,4 @@
-"""Released LLaMA-Adapter V2 multimodal files → a ready multimodal checkpoint (DESIGN.md §1.2–1.3, §4).
+"""Released LLaMA-Adapter V2 multimodal files → a ready multimodal checkpoint (docs/design.md §3.1–3.2, §7.4).
 
 A released file is `{'model': {...}, 'config': {'w_bias', 'w_lora', 'lora_rank'}}` (BIAS-7B, LORA-BIAS-7B,
 CAPTION-7B, LORA-BIAS-7B-v21). Its sizes come from its tensors: `visual_query.weight` [Q, V] (query_len = prompt

@@ -17,7 +17,7 @@ these recipes are "norm tuning" (`norm_tuning=True`): frozen when the adapter se
 from __future__ import annotations
 
 from lav2_jax.core.param_groups import C, I, LINEAR_ADAPTER_PATTERN, LORA_PATTERN, NORM_PATTERN, PROMPT_GATE_PATTERN
-from lav2_jax.core.registry import Recipe
+from lav2_jax.core.recipe import Recipe
 
 CONNECTOR = r"^connector/"  # clip_proj, visual_query, visual blocks, visual_proj
 VISUAL_GATE = r"^visual_gate$"  # early-fusion visual-prompt gates

@@ -1,4 +1,4 @@
-"""LLaVA checkpoints → our tree (SEED_SYSTEMS.md §2; model in `lav2_jax.systems.llava.projector`).
+"""LLaVA checkpoints → our tree (docs/design.md §7.6; model in `lav2_jax.systems.llava.projector`).
 
 Two layouts, told apart by `config.json`:
 

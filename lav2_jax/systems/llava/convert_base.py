@@ -1,5 +1,5 @@
 """A language model and a separately stored CLIP tower → one base checkpoint for LLaVA stage 1 (LLaVA paper §4.2;
-SEED_SYSTEMS.md §1.4: Vicuna + `openai/clip-vit-large-patch14-336`, a fresh projector, only the projector trains).
+docs/design.md §4.4: Vicuna + `openai/clip-vit-large-patch14-336`, a fresh projector, only the projector trains).
 
 `lav2 convert llava-base --llm LLM --clip CLIP --out OUT [--weight-dtype bfloat16|float32]`:
 

@@ -1,4 +1,4 @@
-"""The LLaVA parts of `lav2 export hf` (SEED_SYSTEMS.md §2.2): the CLIP tower, the projector and the
+"""The LLaVA parts of `lav2 export hf` (docs/design.md §7.6): the CLIP tower, the projector and the
 `LlavaForConditionalGeneration` config; the language model is exported by `lav2_jax.checkpoint.export.hf` under
 the `language_model.` prefix (adapters merged as for a plain Llama); the LLaVA system's `hf_export` hook hands
 `check_exportable`, `llava_config` and `tensor_parts` to it.

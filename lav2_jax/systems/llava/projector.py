@@ -1,4 +1,4 @@
-"""LLaVA's visual path (SEED_SYSTEMS.md §1.1; LLaVA paper §4 "Visual Instruction Tuning", LLaVA-1.5 §3.1).
+"""LLaVA's visual path (docs/design.md §4.1; LLaVA paper §4 "Visual Instruction Tuning", LLaVA-1.5 §3.1).
 
 `llava_visual_tokens(splice, vision, model, images [M, H, W, 3]) -> [M, n_tokens, D]` (the visual encoder of
 `lav2_jax.model.splice`):

@@ -13,7 +13,7 @@ group, so the two keep separate learning rates; the CLIP tower is always frozen:
 from __future__ import annotations
 
 from lav2_jax.core.param_groups import C, F, I, LLM_PATTERN, LORA_PATTERN, PROMPT_GATE_PATTERN
-from lav2_jax.core.registry import Recipe
+from lav2_jax.core.recipe import Recipe
 
 PROJECTOR = r"^mm_projector/"
 

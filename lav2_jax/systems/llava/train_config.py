@@ -1,4 +1,4 @@
-"""The LLaVA model a training config describes (LLaVA paper §4.1; LLaVA-1.5; SEED_SYSTEMS.md §1.1, §1.4).
+"""The LLaVA model a training config describes (LLaVA paper §4.1; LLaVA-1.5; docs/design.md §4.1, §4.4).
 
 `config.model` fields of a LLaVA run (besides `preset`, `vision`, dtypes, remat of every run):
 

@@ -1,4 +1,4 @@
-"""mPLUG-Owl's visual abstractor (SEED_SYSTEMS.md §3.2; mPLUG-Owl paper §3, "visual abstractor module").
+"""mPLUG-Owl's visual abstractor (docs/design.md §5.2; mPLUG-Owl paper §3, "visual abstractor module").
 
 `VisualAbstractor(config, out_dim)(visual [B, T, W]) -> tokens [B, Q + 1, out_dim]` (W = config.width = the vision
 width, Q = num_queries, T = the vision tokens incl. CLS):

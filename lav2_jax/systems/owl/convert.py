@@ -1,4 +1,4 @@
-"""mPLUG-Owl (v1) checkpoints → our tree (SEED_SYSTEMS.md §3.1, §3.2, §3.5; trees in `lav2_jax.systems.owl.vision`
+"""mPLUG-Owl (v1) checkpoints → our tree (docs/design.md §5.1, §5.2, §7.7; trees in `lav2_jax.systems.owl.vision`
 and `lav2_jax.systems.owl.abstractor`).
 
 Released layout (`MAGAer13/mplug-owl-llama-7b`, an HF-style directory: `config.json`, `pytorch_model*.bin` or
@@ -15,7 +15,7 @@ layer_norm_eps, attention_probs_dropout_prob) + `num_query_tokens` → Abstracto
 release's value (ViT-L/14 at 224 px, eps 1e-6; 6 layers, 16 heads, 2816, 64 queries).
 
 CLIP → Owl vision (`clip_owl_plan`, used by `lav2 convert clip --layout owl`): the CLIP tower's names are mapped as
-§3.1 lists and the `[q; k; v]` rows re-ordered per head (`owl_vision.blocked_to_per_head`); `proj` is dropped. The
+§5.1 lists and the `[q; k; v]` rows re-ordered per head (`owl_vision.blocked_to_per_head`); `proj` is dropped. The
 eps change (1e-5 → 1e-6) is a config difference, not a weight one: the written VisionConfig carries eps 1e-6.
 """
 

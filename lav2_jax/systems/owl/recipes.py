@@ -11,7 +11,7 @@ rules (`lav2_jax.core.registry.Recipe`: ordered `(regex, group)`, first match wi
 from __future__ import annotations
 
 from lav2_jax.core.param_groups import C, I, LORA_PATTERN
-from lav2_jax.core.registry import Recipe
+from lav2_jax.core.recipe import Recipe
 
 VISION = r"^owl_vision/"
 ABSTRACTOR = r"^abstractor/"

@@ -1,4 +1,4 @@
-"""From a stored record to one mPLUG-Owl training sequence (SEED_SYSTEMS.md §3.3; mPLUG-Owl paper §4).
+"""From a stored record to one mPLUG-Owl training sequence (docs/design.md §5.3; mPLUG-Owl paper §4).
 
 Segments come from `lav2_jax.systems.owl.templates`. Token rule (the release's): one BOS, then every text segment is
 tokenized on its own (`tok.encode`: the dummy prefix, no special tokens), an `IMAGE` segment becomes

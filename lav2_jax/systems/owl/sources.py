@@ -1,5 +1,5 @@
-"""mPLUG-Owl's instruction data (JSON / JSONL objects ``{"text": str, "image": [path, ...]}``, SEED_SYSTEMS.md
-§3.3) → the canonical conversation records of `lav2_jax.data.sources` (``lav2 data build --kind owl``).
+"""mPLUG-Owl's instruction data (JSON / JSONL objects ``{"text": str, "image": [path, ...]}``, docs/design.md
+§5.3) → the canonical conversation records of `lav2_jax.data.sources` (``lav2 data build --kind owl``).
 
 ``text`` is the whole conversation in Owl's format: an optional system text, then ``"\\nHuman: ..."`` and
 ``"\\nAI: ..."`` turns; a human turn that is just ``<image>`` places the next image of the list (in order) before

@@ -1,4 +1,4 @@
-"""mPLUG-Owl's conversation format (SEED_SYSTEMS.md §3.3; mPLUG-Owl paper §4 "Instruction Tuning"), as
+"""mPLUG-Owl's conversation format (docs/design.md §5.3; mPLUG-Owl paper §4 "Instruction Tuning"), as
 loss-annotated segments for training (`lav2_jax.systems.owl.samples`) and prompt strings for generation.
 
 A conversation is ``[(role, text), ...]`` with roles alternating ``"human"`` / ``"assistant"`` from a human turn;

@@ -1,4 +1,4 @@
-"""The mPLUG-Owl model a training config describes (mPLUG-Owl paper §3; SEED_SYSTEMS.md §3.1–3.4).
+"""The mPLUG-Owl model a training config describes (mPLUG-Owl paper §3; docs/design.md §5.1–5.4).
 
 `config.model` fields of an Owl run (besides `preset`, `vision`, dtypes, remat of every run):
 

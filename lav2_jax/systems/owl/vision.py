@@ -1,4 +1,4 @@
-"""mPLUG-Owl's vision encoder: a ViT-L/14 variant of CLIP (SEED_SYSTEMS.md §3.1; mPLUG-Owl paper §3).
+"""mPLUG-Owl's vision encoder: a ViT-L/14 variant of CLIP (docs/design.md §5.1; mPLUG-Owl paper §3).
 
 `OwlVisionModel(config)(images [B, H, W, 3]) -> tokens [B, T, D]` (T = 1 + (H/P)·(W/P), D = width):
 

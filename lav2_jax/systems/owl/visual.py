@@ -1,4 +1,4 @@
-"""mPLUG-Owl's visual path (SEED_SYSTEMS.md §3; mPLUG-Owl paper §3 "Architecture").
+"""mPLUG-Owl's visual path (docs/design.md §5; mPLUG-Owl paper §3 "Architecture").
 
 `owl_visual_tokens(splice, vision, model, images [M, H, W, 3]) -> [M, Q + 1, D]` (the visual encoder of
 `lav2_jax.model.splice` for system `owl`):
