@@ -1,7 +1,8 @@
 """Tiny random checkpoints in each PyTorch source format, written by the tests themselves.
 
 References come from `transformers` (`LlamaForCausalLM`, `CLIPVisionModel`); the Meta / OpenAI / released layouts
-are derived from their state dicts with the key maps of docs/design.md §7 (Meta q/k rows in the interleaved RoPE order).
+are derived from their state dicts with the key maps of docs/design.md §7 (Meta q/k rows in the interleaved RoPE
+order).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Chat: the template of docs/design.md §3.3.2 over the history, oldest exchanges dropped to fit the context, replies cut at
-"###" (streamed text never shows a partial separator)."""
+"""Chat: the template of docs/design.md §3.3.2 over the history, oldest exchanges dropped to fit the context,
+replies cut at "###" (streamed text never shows a partial separator)."""
 
 import pytest
 

@@ -1,4 +1,5 @@
-"""CLIPVisionTower (docs/design.md §3.2.1, §7.5): parity with Hugging Face `CLIPVisionModel`, shapes, jit, remat, dtypes."""
+"""CLIPVisionTower (docs/design.md §3.2.1, §7.5): parity with Hugging Face `CLIPVisionModel`, shapes, jit, remat,
+dtypes."""
 
 import functools
 

@@ -1,4 +1,5 @@
-"""VisualConnector (docs/design.md §3.2.2): numpy reference, shapes, jit, remat, dtypes and the released parameter count."""
+"""VisualConnector (docs/design.md §3.2.2): numpy reference, shapes, jit, remat, dtypes and the released parameter
+count."""
 
 import functools
 
@@ -32,7 +33,7 @@ def _tokens(seed=1, batch=BATCH):
     return np.random.default_rng(seed).standard_normal((batch, N_TOKENS, CLIP_DIM), np.float32)
 
 
-# ---- numpy reference, float64, written from the formulas in docs/design.md §3.2.2 -------------------------------------
+# ---- numpy reference, float64, written from the formulas in docs/design.md §3.2.2 ---------------------------------
 
 def _ln(x, p, eps=1e-5):
     mu = x.mean(-1, keepdims=True)

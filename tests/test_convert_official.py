@@ -70,7 +70,8 @@ def test_convert_and_round_trip(tmp_path, models, lora):
                                           m[lay + "attention.lora_wv_l2.weight"].T)
             np.testing.assert_array_equal(p[("layers", "feed_forward", "w1", "lora_a")][i],
                                           m[lay + "feed_forward.lora_w1_l1.weight"].T)
-            np.testing.assert_array_equal(p[("layers", "attention", "new_gate")][i], m[lay + "attention.new_gate"][0, 0, 0])
+            np.testing.assert_array_equal(p[("layers", "attention", "new_gate")][i],
+                                          m[lay + "attention.new_gate"][0, 0, 0])
     np.testing.assert_array_equal(p[("adapter_query",)], m["adapter_query.weight"].reshape(2, 3, CONFIG.dim))
     np.testing.assert_array_equal(p[("connector", "visual_blocks", "attn", "qkv", "kernel")][1],
                                   m["visual_blocks.1.attn.qkv.weight"].T)

@@ -1,4 +1,5 @@
-"""Templates (docs/design.md §3.3.2), the two tokenizer back ends, and the sample rule (tokens/targets/mask/truncation)."""
+"""Templates (docs/design.md §3.3.2), the two tokenizer back ends, and the sample rule
+(tokens/targets/mask/truncation)."""
 
 import json
 import pickle

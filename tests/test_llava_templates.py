@@ -236,7 +236,8 @@ def test_inference_prompts_of_a_llava_checkpoint_use_vicuna_v1():
     assert adapter.system == "llava"
     one = system_templates.instruction_prompt(adapter, "What is it?", image=True)
     assert one == ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                   "helpful, detailed, and polite answers to the user's questions. USER: <image>\nWhat is it? ASSISTANT:")
+                   "helpful, detailed, and polite answers to the user's questions. "
+                   "USER: <image>\nWhat is it? ASSISTANT:")
     two = system_templates.chat_prompt(adapter, [("human", "What is it?"), ("assistant", "A cat."),
                                                  ("human", "Colour?")], image=True)
     assert two.endswith("USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Colour? ASSISTANT:")

@@ -111,7 +111,8 @@ def test_abstractor_matches_reference(released):
     assert ours.shape == (3, ABSTRACTOR.num_queries + 1, LLM.dim)
     assert np.abs(ours - ref).max() <= ATOL, np.abs(ours - ref).max()
     np.testing.assert_array_equal(ours[:, -1], np.broadcast_to(sd["abstractor.vit_eos"].numpy()[0], (3, LLM.dim)))
-    dropped = np.asarray(abstractor.apply({"params": params["abstractor"]}, visual, rngs={"dropout": jax.random.key(0)}))
+    dropped = np.asarray(abstractor.apply({"params": params["abstractor"]}, visual,
+                                          rngs={"dropout": jax.random.key(0)}))
     assert np.abs(dropped - ours).max() > 1e-3  # attention dropout only with a dropout rng (training)
 
 

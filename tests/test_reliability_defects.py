@@ -100,16 +100,15 @@ def test_channel_order_defaults_to_the_base_checkpoints(tmp_path, monkeypatch):
     """Training over a BGR base (converted release weights) feeds BGR images unless the config says otherwise."""
     from lav2_jax.core import presets
     from lav2_jax.checkpoint.layout import CheckpointConfig, write_config
-    from lav2_jax.data import pipeline as pipeline_lib
-    from lav2_jax.data import tokenizer as tokenizer_lib
     from lav2_jax.train import data as data_lib
 
     write_config(str(tmp_path), CheckpointConfig(model=presets.get_model("tiny"), adapter=None,
                                                  vision=presets.get_vision("tiny"), channel_order="bgr"))
     seen = []
-    monkeypatch.setattr(pipeline_lib, "Pipeline", lambda path, tok, pc: seen.append(pc.channel_order) or iter(()))
-    monkeypatch.setattr(tokenizer_lib, "load_tokenizer", lambda path: None)
-    model = types.SimpleNamespace(vision=presets.get_vision("tiny"), adapter=types.SimpleNamespace(splice=None))
+    monkeypatch.setattr(data_lib, "Pipeline", lambda path, tok, pc: seen.append(pc.channel_order) or iter(()))
+    monkeypatch.setattr(data_lib, "load_tokenizer", lambda path: None)
+    adapter = types.SimpleNamespace(splice=None, system="lav2")
+    model = types.SimpleNamespace(vision=presets.get_vision("tiny"), adapter=adapter)
     setup = types.SimpleNamespace(model=model,
                                   global_batch={"instruction": 2}, streams=step_lib.recipe_streams("finetune"))
     config = tiny_config(f"--config.model.base_checkpoint={tmp_path}", "--config.data.source=pipeline",

@@ -144,8 +144,8 @@ def test_non_finite_loss_keeps_that_group(joint):
     assert not changed(before["instruction"], after["instruction"])
     # moments and Adam's count are kept; only the schedule count advances with the global step (it stays in step)
     kept = optim.with_schedule_count(host["opt_state"], ("instruction",), 2).inner_states["instruction"]
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, kept,
-                                                         jax.device_get(state["opt_state"].inner_states["instruction"])))
+    after_instruction = jax.device_get(state["opt_state"].inner_states["instruction"])
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, kept, after_instruction))
     assert changed(before["caption"], after["caption"])
 
 

@@ -10,22 +10,23 @@ every turn sees the image (models with a vision tower only); mPLUG-Owl takes `--
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import sys
 
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.generate import (add_sampling_arguments, check_image_path, load_bundle, model_pixels,
+                                   multi_image_systems)
 from lav2_jax.core import registry
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lav2_jax.cli.generate import add_sampling_arguments
-
     add_sampling_arguments(p)
     p.add_argument("--system", default=None, help="system text (default: the 65B chat model's, docs/design.md §3.3.2)")
 
 
 def run(args) -> int:
-    from lav2_jax.cli.generate import check_image_path, load_bundle, model_pixels, multi_image_systems
-    from lav2_jax.cli.main import UserError
     from lav2_jax.inference import PromptError
     from lav2_jax.inference.chat import ChatSession
 

@@ -13,8 +13,14 @@ policy, `--accum-steps` its micro-batches, and any `--config.<key>=<value>` its 
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import json
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.train import accept_config_overrides, load_config
+from lav2_jax.core import presets
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,14 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default=None, choices=("xla", "flash"),
                    help="attention implementation (flash: the Pallas TPU splash kernel); default: the config's")
     p.add_argument("--json", action="store_true", help="print JSON")
-    from lav2_jax.cli.train import accept_config_overrides
-
     accept_config_overrides(p)  # with --config: --config.<key>=<value> overrides, as in `lav2 train`
 
 
 def _mesh_sizes(text: str) -> tuple[int, int, int]:
-    from lav2_jax.cli.main import UserError
-
     try:
         sizes = tuple(int(x) for x in text.split(","))
     except ValueError:
@@ -56,8 +58,6 @@ def _mesh_sizes(text: str) -> tuple[int, int, int]:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     if (args.config is None) == (args.model is None):
         raise UserError("give either --config FILE (a training step) or --model PRESET (a forward pass)")
     if getattr(args, "overrides", None) and args.config is None:
@@ -104,7 +104,6 @@ def _train_step(args) -> dict:
 def train_config(args) -> tuple:
     """(training config, mesh) of `lav2 compile --config ...`: the file, its overrides and the command's flags."""
     from lav2_jax.train import aot
-    from lav2_jax.cli.main import UserError
     from lav2_jax.train.step import recipe_streams
 
     try:
@@ -132,9 +131,6 @@ def train_config(args) -> tuple:
 
 
 def _overridden(path: str, overrides: list[str]):
-    from lav2_jax.cli.main import UserError
-    from lav2_jax.cli.train import load_config
-
     try:
         return load_config(path, overrides)
     except UserError:
@@ -151,8 +147,6 @@ def _with_ratio(out: dict, analytic: dict) -> dict:
 
 def _forward(args) -> dict:
     from lav2_jax.train import aot
-    from lav2_jax.core import presets
-    from lav2_jax.cli.main import UserError
     from lav2_jax.model.factory import build_model
 
     data, fsdp, tensor = _mesh_sizes(args.mesh or "1,-1,1")

@@ -25,8 +25,11 @@ Every input problem is reported (file and key) before anything is written.
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 
+from lav2_jax.cli.errors import UserError
 from lav2_jax.core import registry
 from lav2_jax.core.system import Converter
 
@@ -113,8 +116,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     try:
         out = converters()[args.source].run(args, weight_dtype=args.weight_dtype, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:

@@ -18,6 +18,8 @@ its JSON / JSONL objects, stored as conversations).
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import glob
 import os

@@ -15,8 +15,13 @@ end with one line naming the file (and line), exit status 2.
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import os
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.generate import load_bundle
 
 BENCHMARKS = ("caption", "mme", "scienceqa", "loss")
 MAX_NEW = {"caption": 64, "mme": 16, "scienceqa": 32}
@@ -66,8 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from lav2_jax.cli.generate import load_bundle
-
     return load_bundle(args)
 
 
@@ -144,7 +147,6 @@ def _loss(args, log) -> tuple[dict, list]:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
     from lav2_jax.eval import runner
 
     if args.batch_size < 1:

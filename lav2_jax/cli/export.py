@@ -13,8 +13,11 @@ The systems add their formats (`System.exporters`, `lav2_jax.core.registry`), e.
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 
+from lav2_jax.cli.errors import UserError
 from lav2_jax.core import registry
 from lav2_jax.core.system import Exporter
 
@@ -49,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="dtype of the written tensors (default: the checkpoint's)")
     s = sub.add_parser("trained", help="a lav2 train run → lav2_jax checkpoint",
-                       description="a lav2 train run's checkpoint → a checkpoint lav2 generate / load_pretrained read")
+                       description="a lav2 train run's checkpoint → a checkpoint lav2 generate / "
+                                   "load_pretrained read")
     s.add_argument("--workdir", required=True, help="the run's --workdir")
     s.add_argument("--out", required=True, help="output checkpoint directory (written atomically)")
     s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
@@ -57,8 +61,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     try:
         if args.target == "trained":
             from lav2_jax.train.export import export_run  # here: the CLI's start-up time

@@ -12,11 +12,14 @@ recipes of every preset of system S; `--recipes` lists every system's recipes.
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import json
 
 from lav2_jax.checkpoint.layout import ADAPTER_RECIPE
-from lav2_jax.core import registry
+from lav2_jax.cli.errors import UserError
+from lav2_jax.core import presets, registry
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +40,6 @@ def param_report(model_name: str, adapter_name: str, vision_name: str | None = N
                  recipes: tuple[str, ...] | None = None) -> dict:
     """The counts `lav2 info` prints, as a dict."""
     from lav2_jax.core import param_groups as pg  # here, not at the top: the CLI's start-up time (flax, jax)
-    from lav2_jax.core import presets
     from lav2_jax.model.factory import abstract_params, build_model
 
     config = presets.get_model(model_name)
@@ -90,8 +92,6 @@ def recipe_listing() -> str:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     if getattr(args, "recipes", False):
         print("training recipes (config.param_recipe), by system:\n" + recipe_listing())
         return 0

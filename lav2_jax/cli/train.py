@@ -13,10 +13,14 @@ data worker process died (one line naming the step and the checkpoint to resume 
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import sys
 
+from lav2_jax.cli.errors import UserError
 from lav2_jax.cli.info import recipe_listing
+from lav2_jax.cli.overrides import check_overrides
 from lav2_jax.core import registry
 
 
@@ -57,8 +61,6 @@ def load_config(path: str, overrides: list[str]):
     if bad:
         raise ValueError(f"unknown arguments {bad}: overrides look like --config.key=value")
     if overrides:
-        from lav2_jax.cli.overrides import check_overrides
-
         check_overrides(load_config(path, []), overrides)
     argv = ["lav2 train", f"--config={path}", *overrides]
     fv = flags.FlagValues()
@@ -68,8 +70,6 @@ def load_config(path: str, overrides: list[str]):
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     try:
         config = load_config(args.config, args.overrides)
     except UserError:

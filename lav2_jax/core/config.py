@@ -173,7 +173,8 @@ class AdapterConfig:
             self.splice.check()
         if self.prompt_layers > model.n_layers:
             raise ValueError(f"AdapterConfig.prompt_layers={self.prompt_layers} exceeds n_layers={model.n_layers}")
-        if self.visual_fusion == "early" and self.early_layers + (self.prompt_layers if self.has_prompts else 0) > model.n_layers:
+        prompted = self.prompt_layers if self.has_prompts else 0
+        if self.visual_fusion == "early" and self.early_layers + prompted > model.n_layers:
             raise ValueError("AdapterConfig: early fusion needs early_layers + prompt_layers <= n_layers "
                              f"({self.early_layers} + {self.prompt_layers} > {model.n_layers}), so no layer mixes both")
 

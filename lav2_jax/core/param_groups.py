@@ -7,11 +7,13 @@ A recipe (`lav2_jax.core.recipe.Recipe`) is contributed by a system (`systems/<n
 `optax.multi_transform` and differentiates only the non-frozen leaves (`split` / `merge`).
 
 The patterns below name the language model's own parameters (`lav2_jax.model.transformer`), shared by the recipes
-of every system; a system's recipes name its visual modules themselves.
+of every system; a system's recipes name its visual modules themselves, and a recipe with `system_modules`
+(`all-adapters`) takes every registered system's own modules (`System.adapter_modules`; `resolve`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any, Iterable
@@ -39,9 +41,19 @@ def path_str(path: Iterable[Any]) -> str:
     return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
-def label_for(path: str, recipe: str | Recipe, norm_tuning: bool = True) -> str:
-    """The group of the parameter at `path` under `recipe` (a name, resolved by `lav2_jax.core.registry.recipe`)."""
+def resolve(recipe: str | Recipe) -> Recipe:
+    """`recipe` (a name: `lav2_jax.core.registry.recipe`) with all its rules: one with `system_modules` gets every
+    registered system's `System.adapter_modules` (group instruction) after its own rules."""
     r = recipe if isinstance(recipe, Recipe) else registry.recipe(recipe)
+    if not r.system_modules:
+        return r
+    modules = tuple((pattern, I) for system in registry.all_systems() for pattern in system.adapter_modules)
+    return dataclasses.replace(r, rules=r.rules + modules, system_modules=False)
+
+
+def label_for(path: str, recipe: str | Recipe, norm_tuning: bool = True) -> str:
+    """The group of the parameter at `path` under `recipe` (a name or a Recipe, completed by `resolve`)."""
+    r = resolve(recipe)
     if not norm_tuning and r.norm_tuning and re.search(NORM_PATTERN, path):
         return F
     for pattern, group in _compiled(r.rules):
@@ -56,7 +68,7 @@ def param_groups(params, recipe: str, adapter=None):
     With `adapter` given, norms are frozen unless `adapter.norm_tuning`.
     """
     norm_tuning = True if adapter is None else adapter.norm_tuning
-    r = registry.recipe(recipe)
+    r = resolve(recipe)
     flat = traverse_util.flatten_dict(nn.unbox(params))
     return traverse_util.unflatten_dict({k: label_for(path_str(k), r, norm_tuning) for k in flat})
 

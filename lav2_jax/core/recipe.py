@@ -21,6 +21,9 @@ class Recipe:
     norm_tuning: the recipe's norms are LLaMA-Adapter's "norm tuning", frozen when the adapter disables it
       (`AdapterConfig.norm_tuning=False`); a full fine-tune's norms are ordinary weights (False).
     full_finetune: the recipe trains base weights (no frozen base to share or quantise).
+    system_modules: after its own rules, the recipe trains (group `instruction`) every registered system's own
+      modules, `System.adapter_modules` (`lav2_jax.core.param_groups.resolve`): recipe `all-adapters`, whose leaves
+      are a checkpoint's adapter item, so a system added later needs no edit of it.
     """
 
     name: str
@@ -29,6 +32,7 @@ class Recipe:
     description: str = ""
     norm_tuning: bool = False
     full_finetune: bool = False
+    system_modules: bool = False
 
     def __post_init__(self):
         for pattern, group in self.rules:

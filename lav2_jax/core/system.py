@@ -7,12 +7,15 @@ model        `visual_front_end(adapter)`: the function that turns images into vi
              Transformer's compact scope (`VisualFrontEnd`); `check_configs(adapter, vision)`: the system's own
              config checks; `adapter_presets`: named AdapterConfigs, with `preset_visions` (their vision presets)
              and `preset_recipes` (the recipes `lav2 info` counts on each)
-training     `recipes`: named parameter-group rules (`lav2_jax.core.recipe.Recipe`); `model_configs`,
+training     `recipes`: named parameter-group rules (`lav2_jax.core.recipe.Recipe`); `adapter_modules`: the
+             system's own trainable modules (what a checkpoint's adapter item holds besides the language model's
+             adapters: recipe `all-adapters`); `model_configs`,
              `configs_over_base`: (AdapterConfig, VisionConfig) from a training config's `model` section;
              `pipeline_options`: the data pipeline's fields for this system
 data         `tokenize_record`, `record_images`: one dataset record → a training sample; `check_pipeline`: a
              `PipelineConfig`'s system fields; `spliced_samples`: samples hold placeholder ids per image;
-             `data_kinds`: the system's own source formats (`lav2 data build --kind KIND`)
+             `data_kinds`: the system's own source formats (`lav2 data build --kind KIND`); `data_template`:
+             the template a dataset kind is read with when no config names one (`lav2 eval loss`)
 inference    `instruction_prompt`, `chat_prompt`, `chat_stop`, `caption_prompt`, `from_alpaca`: the system's
              prompt format; `max_images`: images one prompt may hold
 checkpoints  `converters` (`lav2 convert SOURCE`; a source `clip-NAME` is also `lav2 convert clip --layout
@@ -26,12 +29,12 @@ prompt); the prompt hooks have no default, since every system has a prompt forma
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
-
-import jax
-from flax import traverse_util
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 from lav2_jax.core.recipe import Recipe
+
+if TYPE_CHECKING:  # annotations only: the registry (hence `lav2 --help`) imports this module, and stays free of jax
+    import jax
 
 
 class VisualFrontEnd(Protocol):
@@ -103,6 +106,9 @@ class System:
     preset_recipes: Mapping[str, tuple[str, ...]] = {}
     preset_visions: Mapping[str, str] = {}
     recipes: Mapping[str, Recipe] = {}
+    # regexes over `/`-joined parameter paths of the system's own trainable modules (e.g. LLaVA `^mm_projector/`):
+    # recipe `all-adapters` (`Recipe.system_modules`) trains them, so a checkpoint's adapter item holds them
+    adapter_modules: tuple[str, ...] = ()
     converters: Mapping[str, Converter] = {}
     exporters: Mapping[str, Exporter] = {}
     max_images: Optional[int] = 1  # images one prompt / sample may hold (None: no limit)
@@ -149,6 +155,11 @@ class System:
             raise ValueError(f"PipelineConfig.template={cfg.template!r}: system {self.name!r} has one prompt format "
                              "(template ''); set PipelineConfig.system to the system whose template that is")
 
+    def data_template(self, adapter, kind: str) -> str:
+        """The template a dataset of kind `kind` (instruction, conversation, caption) is read with when no run config
+        names one (`lav2 eval loss` scores a checkpoint's held-out streams with it). Default: '' (one format)."""
+        return ""
+
     def tokenize_record(self, tok, record: dict, pick: int, cfg) -> tuple:
         """(Tokenized | None, number of images) of one dataset record for a `PipelineConfig` `cfg`: None when
         truncation leaves no answer token (the pipeline drops and counts the sample); `pick` is the caption drawn."""
@@ -164,7 +175,7 @@ class System:
         """The system's parts of `lav2 export hf` for `adapter` (None: a plain Llama); ValueError naming `where`
         when the model has no Hugging Face equivalent. Default: a model without a splice is a plain Llama."""
         if adapter.splice is not None:
-            raise ValueError(f"{where}: a {self.name} checkpoint has no Hugging Face equivalent")
+            raise ValueError(f"{where}: this {self.title or self.name} checkpoint has no Hugging Face equivalent")
         return None
 
     # ---- demo ----
@@ -172,8 +183,7 @@ class System:
         """The vision leaves of `model` (a Transformer of this system, parameter paths `keys`: tuples) taken from a
         CLIP tower's parameter tree `clip` (`lav2_jax.model.clip.CLIPVisionTower`): {path tuple: array}.
         Default: the `clip/...` leaves the model has (its tower is a CLIP tower; LLaVA's has no `proj`)."""
-        flat = traverse_util.flatten_dict(clip)
-        return {("clip",) + k: v for k, v in flat.items() if ("clip",) + k in keys}
+        return {("clip",) + k: v for k, v in _leaves(clip) if ("clip",) + k in keys}
 
     # ---- inference: the prompt format ----
     def instruction_prompt(self, adapter, instruction: str, input_text: Optional[str] = None, image=False) -> str:
@@ -192,3 +202,12 @@ class System:
     def from_alpaca(self, adapter, prompt_text: str, image=False) -> str:
         """An Alpaca-formatted prompt (what the benchmarks of `lav2_jax.eval` write) in this system's format."""
         return prompt_text
+
+
+def _leaves(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """(path tuple, leaf) of a nested dict, depth first (`flax.traverse_util.flatten_dict`'s items, without flax)."""
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            yield from _leaves(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v

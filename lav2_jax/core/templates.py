@@ -17,6 +17,9 @@ Decision (documented for inference): the Alpaca/caption answer follows ``"### Re
 separator, exactly ``prompt + answer``; in chat, an assistant answer segment is ``" " + text`` (the space after
 ``"Assistant:"``) and, for every assistant turn but the last, also the following ``"###"`` so the model learns to
 end its turn; the last turn ends with EOS. Generation therefore stops at EOS or at the text ``"###"``.
+
+Systems that splice images into the token sequence (LLaVA, mPLUG-Owl) use two *special segments*, never plain
+text: `IMAGE` (``"<image>"``, the image's placeholder ids) and `EOS` (``"</s>"``, the tokenizer's EOS id).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ ASSISTANT = "Assistant"
 ROLES = ("human", "assistant")
 
 Segments = list[tuple[str, bool]]
+
+IMAGE = "<image>"
+EOS = "</s>"
+SPECIAL = (IMAGE, EOS)
 
 
 def alpaca(instruction: str, input: str | None = None) -> str:  # noqa: A002 - the field's name in Alpaca data

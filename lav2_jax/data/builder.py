@@ -30,7 +30,9 @@ import numpy as np
 
 from lav2_jax.core import registry
 from lav2_jax.data import images, samples, sources
+from lav2_jax.data.modality_groups import write_lengths
 from lav2_jax.data.samples import KINDS
+from lav2_jax.data.tokenizer import load_tokenizer
 
 REPORT_FILE = "build_report.json"
 
@@ -125,8 +127,6 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(tokenizer_path: str | None, max_len: int | None) -> None:
     _WORKER.clear()
     if tokenizer_path is not None:
-        from lav2_jax.data.tokenizer import load_tokenizer
-
         _WORKER["tok"] = load_tokenizer(tokenizer_path)
     _WORKER["max_len"] = max_len
 
@@ -281,7 +281,6 @@ def build(kind: str, srcs: Sequence[Source], out: str, *, strict: bool = False, 
         with open(os.path.join(written, REPORT_FILE), "w", encoding="utf-8") as f:
             json.dump(report.to_json(), f, indent=1)
         if kind == "conversation":  # for `group_by_modality_length` (LLaVA-1.5 stage 2)
-            from lav2_jax.data.modality_groups import write_lengths
             write_lengths(written, split)
         if os.path.exists(out):
             shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)

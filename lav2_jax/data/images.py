@@ -230,8 +230,8 @@ def preprocess(src: ImageSource | Image.Image, size: int = 224, channel_order: s
 
 def augment(src: ImageSource | Image.Image, rng: np.random.Generator, size: int = 224, channel_order: str = "rgb",
             *, name: str | None = None, aspect_ratio: str = "square") -> np.ndarray:
-    """Training preprocessing: decode → (`pad`: expand_to_square) → RandomResizedCrop(scale 0.9–1, ratio 3/4–4/3)
-    → normalise. float32 `[size, size, 3]`; deterministic given the state of `rng`.
+    """Training preprocessing: decode → (`pad`: expand_to_square) → RandomResizedCrop(scale 0.9–1,
+    ratio 3/4–4/3) → normalise. float32 `[size, size, 3]`; deterministic given the state of `rng`.
     """
     img = _aspect(src if isinstance(src, Image.Image) else decode(src, name=name), aspect_ratio)
     return normalize(np.asarray(random_resized_crop(img, size, rng)), channel_order)

@@ -1,4 +1,5 @@
-"""Parsers of the supported source formats (instruction, conversation, caption) into canonical records (one per training sample).
+"""Parsers of the supported source formats (instruction, conversation, caption) into canonical records (one per
+training sample).
 
 Every parser yields `(where, record)` or `(where, Skip)`; `where` is ``"file:line"`` (JSON arrays too: the line
 where the element starts) so a bad record can be named. Whole-file problems (unreadable file, missing TSV header

@@ -3,9 +3,9 @@
 `prepare(workdir, sizes)` writes (skipping what is already complete):
 
   data/images/{train,heldout}/N.png   the rendered scenes (`lav2_jax.demo.scenes`)
-  data/captions.tsv                   image → caption, the release's caption TSV       (`lav2 data build --kind caption`)
+  data/captions.tsv                   image → caption, the release's caption TSV (`lav2 data build --kind caption`)
   data/instructions.json              LLaVA-style conversations: a visual question with its image, or a text-only
-                                      instruction (no image)                       (`lav2 data build --kind conversation`)
+                                      instruction, no image (`lav2 data build --kind conversation`)
   data/caption/, data/instruction/    the two TFDS array_record datasets `lav2 train` reads (`source="pipeline"`)
   data/heldout.json                   the held-out scenes (never in training) and the text-only items
   tokenizer/tokenizer.model           a sentencepiece BPE trained on the demo's texts and templates

@@ -113,6 +113,6 @@ def evaluate(bundle, data: dict[str, Any], out_dir: str, *, batch_size: int = 64
     """(metrics, prediction records) of `bundle` on the held-out data; predictions in `out_dir`."""
     predict, load_image = model_predictor(bundle, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0)
     with PredictionLog(os.path.join(out_dir, "predictions.jsonl")) as log:
-        records = run_items(items(data, bundle.model.adapter), predict, log, load_image=load_image, batch_size=batch_size, strict=True,
-                            desc=desc, progress=progress)
+        records = run_items(items(data, bundle.model.adapter), predict, log, load_image=load_image,
+                            batch_size=batch_size, strict=True, desc=desc, progress=progress)
     return score(data, records), records

@@ -7,9 +7,10 @@
    the text-only instructions' answers, and (from the scenes described in words) to read attribute values from its
    context: what the visual prompts must later supply.
 2. Vision tower: the `tiny` CLIP ViT trained contrastively, CLIP-style, against text embeddings of every caption:
-   an image's embedding (the mean of all its output tokens, L2-normalised: what the connector sees before it has learned where to attend) scores all `len(combinations)` captions, whose
-   embeddings are sums of one learned vector per attribute value (a bag-of-words text tower), and a softmax
-   cross-entropy with a learned temperature pulls each image to its own caption. Reported: held-out top-1
+   an image's embedding (the mean of all its output tokens, L2-normalised: what the connector sees before it has
+   learned where to attend) scores all `len(combinations)` captions, whose embeddings are sums of one learned
+   vector per attribute value (a bag-of-words text tower), and a softmax cross-entropy with a learned temperature
+   pulls each image to its own caption. Reported: held-out top-1
    retrieval accuracy per attribute (the signal the frozen tower hands the connector).
 
 `build_base(paths, ...)` runs both and writes, in the project's checkpoint format (`lav2_jax.checkpoint`):

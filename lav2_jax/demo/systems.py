@@ -38,9 +38,23 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 
+from lav2_jax.checkpoint import load_pretrained
+from lav2_jax.core import param_groups as pg
 from lav2_jax.core import registry
+from lav2_jax.demo import heldout
+from lav2_jax.demo import report as report_lib
+from lav2_jax.demo import run as run_lib
+from lav2_jax.demo import system_inits
+from lav2_jax.eval.runner import read_json, write_json
+from lav2_jax.inference.generation import decodes_unstacked
+from lav2_jax.model.factory import abstract_params
+from lav2_jax.train.defaults import base_config
+from lav2_jax.train.export import export_run
+from lav2_jax.train.state import model_from_config
+from lav2_jax.train.trainer import train
 
 SYSTEMS = ("lav2", "llava", "owl")
 HEADLINE = ("caption_accuracy", "vqa_accuracy", "text_accuracy")
@@ -62,8 +76,6 @@ def stage_base_config(name: str, stage: str, steps: int):
     export (stage 2), pipeline data (caption data for stage 1, the instruction data as stage 2's `train` stream;
     96 positions, room for the visual tokens and the systems' system prompts), batches of 16, `steps` steps,
     clip 1.0, no periodic checkpoints, a log line every 5 steps."""
-    from lav2_jax.train.defaults import base_config
-
     if stage not in system_stages(name):
         raise ValueError(f"configs/{config_file(name)}:{stage}: the stage is one of {system_stages(name)}")
     c = base_config()
@@ -123,10 +135,6 @@ def stage_configs(name: str, lav2_config, config_dir: str, paths, seed: int) -> 
 
 def trainable_counts(config) -> dict[str, int]:
     """Scalars per group under `config`'s recipe (`caption`, `instruction`, `frozen`, `total`)."""
-    from lav2_jax.core import param_groups as pg
-    from lav2_jax.model.factory import abstract_params
-    from lav2_jax.train.state import model_from_config
-
     model = model_from_config(config.model)
     params = abstract_params(model)
     return pg.count(params, pg.param_groups(params, config.param_recipe, model.adapter))
@@ -143,16 +151,6 @@ def median_step_s(rows: list[dict]) -> float:
 
 def run_system(spec: dict) -> dict:
     """Trains, exports and evaluates one system (in its own process: `main`); returns its result."""
-    import ml_collections
-
-    from lav2_jax.checkpoint import load_pretrained
-    from lav2_jax.demo import report as report_lib
-    from lav2_jax.demo import system_inits
-    from lav2_jax.demo import heldout
-    from lav2_jax.inference.generation import decodes_unstacked
-    from lav2_jax.train.export import export_run
-    from lav2_jax.train.trainer import train
-
     root = spec["root"]
     stages, ckpt = [], ""
     for stage, cfg in zip(spec["stages"], spec["configs"]):
@@ -219,10 +217,6 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
     """Every system in `names` (module docstring); returns systems.json's content. `config_dir`: where
     demo_llava.py and demo_owl.py are (default: beside configs/demo.py of this repository). `eval_scenes` > 0
     scores only that many held-out scenes (tests); `modes` replaces `run.MODES` (tests)."""
-    from lav2_jax.demo import run as run_lib
-    from lav2_jax.demo import heldout
-    from lav2_jax.eval.runner import write_json
-
     t0 = time.time()
     workdir = os.path.abspath(workdir)
     config_dir = config_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -274,8 +268,6 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
 
 def main(argv: list[str]) -> int:
     """`python -m lav2_jax.demo.systems SPEC.json OUT.json`: one system's run (`run_system`)."""
-    from lav2_jax.eval.runner import read_json, write_json
-
     spec_path, out_path = argv
     result = run_system(read_json(spec_path, "system spec"))
     write_json(out_path, result)

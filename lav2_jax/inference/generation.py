@@ -257,7 +257,8 @@ def cut_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
 
 def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: int = 256, temperature: float = 0.1,
              top_p: float = 0.75, seed: int = 0, *, mesh=None) -> Generated:
-    """Generates a continuation of every prompt (docs/design.md §3.3.3 decoding: greedy at temperature 0, else the top-p rule).
+    """Generates a continuation of every prompt (docs/design.md §3.3.3 decoding: greedy at temperature 0, else the
+    top-p rule).
 
     prompts: list of final strings (or one string); images: None, a float array [B, H, W, 3] of preprocessed
     images, or a list with an [H, W, 3] array or None per prompt. Spliced systems (LLaVA, mPLUG-Owl) take the

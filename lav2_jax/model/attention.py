@@ -27,6 +27,7 @@ from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.adapted_dense import adapted_dense
 from lav2_jax.model.blocked_attention import blocked_causal_attention
 from lav2_jax.model.common import as_dtype, constrain, tag, trainable_param
+from lav2_jax.model.flash import splash_attention
 from lav2_jax.model.prompt_attention import gate_weight, gated_prompt_attention, prompt_kv
 from lav2_jax.model.rope import apply_rope, rope_angles
 from lav2_jax.model.segments import causal_mask, prompt_mask
@@ -80,8 +81,6 @@ class Attention(nn.Module):
             k_all, v_all, k_pos = k, v, positions
 
         if c.attention == "flash" and cache is None and T % 128 == 0:  # the kernel tiles T by 128 (else XLA)
-            from lav2_jax.model.flash import splash_attention
-
             out = splash_attention(q, k.astype(dtype), v.astype(dtype), segment_ids)
         elif c.attention == "blocked" and cache is None:  # causal query blocks (lav2_jax.model.blocked_attention)
             out = blocked_causal_attention(q, k.astype(dtype), v.astype(dtype), positions, segment_ids)
@@ -132,5 +131,6 @@ class Attention(nn.Module):
         if new_cache is not None:
             for name, value in ((f"{source}_k", pk), (f"{source}_v", pv)):
                 stacked = new_cache[name]
-                new_cache[name] = stacked.at[layer].set(jnp.broadcast_to(value, stacked.shape[1:]).astype(stacked.dtype))
+                value = jnp.broadcast_to(value, stacked.shape[1:]).astype(stacked.dtype)
+                new_cache[name] = stacked.at[layer].set(value)
         return pk, pv

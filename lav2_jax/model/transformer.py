@@ -22,10 +22,10 @@ The visual front-end is the `front_end` field (a `lav2_jax.core.system.VisualFro
 subtrees above (`clip/`, `connector/`, `mm_projector/`, `owl_vision/`, `abstractor/`).
 
 With `ModelConfig.scan_layers=False` the layer parameters are `layers_0 … layers_{L-1}` instead (the same per-layer
-trees, unstacked; `factory.unstack_layers` converts). Layers with and without prompts share one scanned structure: the adapter prompts are zero-padded to all layers and
-a per-layer 0/1 flag multiplies the gated prompt output (layer i has prompts iff i >= n_layers - Lp; visual prompts
-iff i < K in early fusion). The prompt path of an unprompted layer costs ~P/T of its attention and contributes
-exactly zero.
+trees, unstacked; `factory.unstack_layers` converts). Layers with and without prompts share one scanned
+structure: the adapter prompts are zero-padded to all layers and a per-layer 0/1 flag multiplies the gated prompt
+output (layer i has prompts iff i >= n_layers - Lp; visual prompts iff i < K in early fusion). The prompt path of
+an unprompted layer costs ~P/T of its attention and contributes exactly zero.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class Transformer(nn.Module):
 
     Visual input, when the adapter has a visual fusion mode: `images` [B, H, W, 3] normalised with `has_image` [B]
     (encoded by `front_end`, the frozen CLIP tower and the connector, when `vision` is configured), or
-    `visual_tokens` [B, Q, D] fed directly. Early fusion: rows with `has_image` False get no visual prompts. Official fusion:
-    the visual tokens are added to every prompted layer's adapter prompts.
+    `visual_tokens` [B, Q, D] fed directly. Early fusion: rows with `has_image` False get no visual prompts.
+    Official fusion: the visual tokens are added to every prompted layer's adapter prompts.
     `positions` [B, T] default to 0..T-1 (required with a cache). `decode=True` runs one cached step.
     `return_hidden=True` returns the final-normed hidden states [B, T, D] instead of logits.
     Packed rows (`lav2_jax.model.segments`): `segment_ids` [B, T] (1..S, 0 = padding) keep attention inside each

@@ -18,7 +18,10 @@ from typing import Any
 
 import jax
 
+from lav2_jax.checkpoint.layout import read_config
 from lav2_jax.core import registry
+from lav2_jax.data.pipeline import JointPipeline, Pipeline, PipelineConfig
+from lav2_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
 from lav2_jax.train.mesh import local_rows
 from lav2_jax.train.synthetic import MultiStream, SyntheticStream
 
@@ -61,9 +64,6 @@ def synthetic(config, setup) -> MultiStream:
 
 
 def pipeline(config, setup):
-    from lav2_jax.data.pipeline import JointPipeline, Pipeline, PipelineConfig
-    from lav2_jax.data.tokenizer import load_tokenizer
-
     d = config.data
     tok = load_tokenizer(d.tokenizer)
     vision = setup.model.vision
@@ -97,8 +97,6 @@ def check_tokenizer(config, model) -> None:
     (`config.model.preset`, or the base checkpoint's config.json). Synthetic data draws ids inside the vocabulary."""
     if config.data.source != "pipeline":
         return
-    from lav2_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
-
     d, mc, splice = config.data, config.model, model.adapter.splice
     where = (f"model.vocab_size in {mc.base_checkpoint}/config.json, config.model.base_checkpoint"
              if mc.get("base_checkpoint") else f"config.model.preset={mc.preset!r}")
@@ -128,8 +126,6 @@ def _base_channel_order(mc) -> str:
     """The base checkpoint's channel order (the released weights want BGR), when training over one."""
     if not mc.get("base_checkpoint"):
         return ""
-    from lav2_jax.checkpoint import read_config
-
     return read_config(mc.base_checkpoint).channel_order
 
 

@@ -60,8 +60,8 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: f
 
 
 # Leaves whose role is a vector per layer (whatever axes stack them: [D], [L, D] scanned, [K, N] visual gates):
-# biases, norm and linear-adapter scales, zero-init gates. They are never decayed (docs/design.md §3.3.4: no weight decay on
-# 1-D tensors and biases); the rule reads the leaf's name, not logical axis names, so it holds without them.
+# biases, norm and linear-adapter scales, zero-init gates. They are never decayed (docs/design.md §3.3.4: no weight
+# decay on 1-D tensors and biases); the rule reads the leaf's name, not logical axis names, so it holds without them.
 NO_DECAY_PATTERN = r"(^|/)(bias|scale|gate|new_gate|visual_gate|class_embedding)$"
 _NO_DECAY = re.compile(NO_DECAY_PATTERN)
 

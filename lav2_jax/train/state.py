@@ -14,6 +14,7 @@ units, the default init (std 0.02) nearly uniform ones, which only adapters coul
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +23,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from lav2_jax.checkpoint import pretrained
+from lav2_jax.checkpoint.layout import read_config
 from lav2_jax.core import param_groups as pg
 from lav2_jax.core import presets, registry
 from lav2_jax.core.sharding import LOGICAL_RULES, logical_shardings
@@ -88,10 +91,6 @@ def load_params(model, mc, mesh, shardings):
     seed = int(mc.get("seed", 0))
     if not mc.get("base_checkpoint"):
         return _sharded_init(model, shardings, seed, float(mc.get("output_scale", 1.0)))
-    import os
-
-    from lav2_jax.checkpoint import pretrained
-
     path = os.path.abspath(mc.base_checkpoint)
     dirs = pretrained.item_dirs(path)
     if mc.get("vision_checkpoint"):  # e.g. mPLUG-Owl stage 1: the vision model from `lav2 convert clip --layout owl`
@@ -105,8 +104,6 @@ def model_from_config(mc):
     """The model: preset configs, or the base checkpoint's model/vision with the config's adapter."""
     config, adapter, vision = model_configs(mc)
     if mc.get("base_checkpoint"):
-        from lav2_jax.checkpoint import read_config
-
         if mc.get("scan_layers") is False:  # checkpoints hold stacked layers; restore_params reads that layout
             raise ValueError("model.scan_layers=False needs a random base: a base_checkpoint is restored stacked")
         base = read_config(mc.base_checkpoint)

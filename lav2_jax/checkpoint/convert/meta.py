@@ -1,4 +1,5 @@
-"""Meta LLaMA checkpoints → our tree (docs/design.md §7.2): `params.json` + `consolidated.NN.pth` model-parallel shards.
+"""Meta LLaMA checkpoints → our tree (docs/design.md §7.2): `params.json` + `consolidated.NN.pth` model-parallel
+shards.
 
 Shard merging, torch [out, in] layout: wq wk wv w1 w3 `output` concatenate on dim 0, wo w2 on dim 1,
 `tok_embeddings` on dim 1; norms are replicated (taken from shard 0, checked in every shard); `rope.freqs` ignored.

@@ -10,7 +10,9 @@ these recipes are "norm tuning" (`norm_tuning=True`): frozen when the adapter se
   release-finetune  instruction: LLaMA norms, biases (and scales), LoRA (released stage 2)
   chat65b           instruction: norms, biases, scales (released 65B chat model)
   all-adapters      instruction: every parameter that is not a frozen base weight (the CLIP / mPLUG-Owl vision
-                    towers and the LLaMA kernels stay frozen); what a checkpoint's `adapter` item holds
+                    towers and the LLaMA kernels stay frozen): the language model's adapters here, and each
+                    registered system's own modules (`System.adapter_modules`: this system's connector, LLaVA's
+                    projector, mPLUG-Owl's abstractor); what a checkpoint's `adapter` item holds
                     (`lav2_jax.checkpoint.layout.ADAPTER_RECIPE`), for every system's models
 """
 
@@ -35,9 +37,7 @@ RECIPES = (
            "released stage 2: norms, biases, scales, LoRA", norm_tuning=True),
     Recipe("chat65b", "lav2", ((NORM_PATTERN, I), (LINEAR_ADAPTER_PATTERN, I)),
            "released 65B chat model: norms, biases, scales", norm_tuning=True),
-    Recipe("all-adapters", "lav2", (
-        (r"^abstractor/", I),  # mPLUG-Owl's visual abstractor
-        (r"^mm_projector/", I),  # LLaVA's projector
-        (CONNECTOR, I), (VISUAL_GATE, I), (ADAPTER_QUERY, I), (PROMPT_GATE_PATTERN, I)) + LANGUAGE_ADAPTERS,
-           "every parameter that is not a frozen base weight (an adapter checkpoint's leaves)", norm_tuning=True),
+    Recipe("all-adapters", "lav2", ((VISUAL_GATE, I), (ADAPTER_QUERY, I), (PROMPT_GATE_PATTERN, I)) + LANGUAGE_ADAPTERS,
+           "every parameter that is not a frozen base weight (an adapter checkpoint's leaves)", norm_tuning=True,
+           system_modules=True),  # + each system's `adapter_modules`: LLaMA-Adapter's connector, LLaVA's projector, ...
 )

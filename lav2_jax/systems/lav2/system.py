@@ -21,7 +21,7 @@ from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.systems.lav2 import commands
 from lav2_jax.systems.lav2.connector import VisualConnector
 from lav2_jax.systems.lav2.presets import ADAPTER_PRESETS, PRESET_RECIPES
-from lav2_jax.systems.lav2.recipes import RECIPES
+from lav2_jax.systems.lav2.recipes import CONNECTOR, RECIPES
 
 
 def clip_connector_tokens(adapter, vision, model, pixels: jax.Array) -> jax.Array:
@@ -36,6 +36,7 @@ class LlamaAdapterV2(System):
     adapter_presets = ADAPTER_PRESETS
     preset_recipes = PRESET_RECIPES
     recipes = {r.name: r for r in RECIPES}
+    adapter_modules = (CONNECTOR,)
     converters = commands.CONVERTERS
     exporters = commands.EXPORTERS
 

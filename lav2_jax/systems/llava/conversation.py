@@ -37,11 +37,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lav2_jax.core.templates import CHAT_SYSTEM, ROLES, Segments, render  # noqa: F401 - render: part of this API
-
-IMAGE = "<image>"
-EOS = "</s>"
-SPECIAL = (IMAGE, EOS)
+# IMAGE, EOS (the special segments) and render: part of this module's API
+from lav2_jax.core.templates import CHAT_SYSTEM, EOS, IMAGE, ROLES, SPECIAL, Segments, render  # noqa: F401
 
 VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                     "The assistant gives helpful, detailed, and polite answers to the user's questions.")

@@ -14,6 +14,8 @@ import functools
 
 import numpy as np
 
+from lav2_jax.core import registry
+
 LANGUAGE_PREFIX = "language_model."
 VISION_PREFIX = "vision_tower.vision_model."
 BLOCK = {("ln_1",): "layer_norm1", ("ln_2",): "layer_norm2", ("attn", "q"): "self_attn.q_proj",
@@ -24,7 +26,8 @@ BLOCK = {("ln_1",): "layer_norm1", ("ln_2",): "layer_norm2", ("attn", "q"): "sel
 def check_exportable(a, where: str) -> None:
     s = a.splice
     if s.system != "llava":
-        raise ValueError(f"{where}: a {s.system} checkpoint has no Hugging Face LLaVA equivalent")
+        raise ValueError(f"{where}: this {registry.get(s.system).title or s.system} checkpoint has no Hugging Face "
+                         "LLaVA equivalent")
     if s.projector != "mlp2x_gelu":
         raise ValueError(f"{where}: a {s.projector!r} projector has no Hugging Face LLaVA equivalent (its projector "
                          "is always Linear → GELU → Linear); only mlp2x_gelu exports")

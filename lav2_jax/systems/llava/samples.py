@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lav2_jax.data import images
-from lav2_jax.data.samples import Tokenized, _text, kind_of
+from lav2_jax.data.samples import Tokenized, _text, kind_of, truncate
 from lav2_jax.data.tokenizer import Tokenizer
 from lav2_jax.systems.llava import conversation as ct
 
@@ -57,20 +57,6 @@ def tokenize(tok: Tokenizer, segments: Sequence[tuple[str, bool]], max_len: int,
     """Tokens/targets/loss_mask truncated to `max_len`; None when no answer survives or an image would be cut."""
     ids, answer = encode(tok, segments, n_image_tokens, image_token_id)
     return truncate(ids, answer, max_len, n_image_tokens, image_token_id)
-
-
-def truncate(ids: Sequence[int], answer: Sequence[bool], max_len: int, n_image_tokens: int, image_token_id: int
-             ) -> Tokenized | None:
-    """`ids` (BOS first) with per-id answer flags → tokens/targets/loss_mask of the first `max_len` positions;
-    None when no answer survives or an image would be cut (also used by `lav2_jax.systems.owl.samples`)."""
-    ids_arr = np.asarray(ids, np.int32)
-    mask = np.asarray(answer[1:], np.float32)[:max_len]
-    if not mask.any():
-        return None
-    tokens = ids_arr[:-1][:max_len]
-    if n_image_tokens > 0 and int((tokens == image_token_id).sum()) % n_image_tokens:
-        return None
-    return Tokenized(tokens, ids_arr[1:][:max_len], mask)
 
 
 def image_turn(record: Mapping[str, Any]) -> int:

@@ -17,7 +17,7 @@ from lav2_jax.core.system import HFExport, System
 from lav2_jax.systems.llava import commands, conversation, export, samples
 from lav2_jax.systems.llava.presets import ADAPTER_PRESETS, PRESET_RECIPES, PRESET_VISIONS
 from lav2_jax.systems.llava.projector import check_splice, llava_visual_tokens
-from lav2_jax.systems.llava.recipes import RECIPES
+from lav2_jax.systems.llava.recipes import PROJECTOR, RECIPES
 from lav2_jax.systems.llava.train_config import llava_configs
 
 TEMPLATE = "vicuna_v1"
@@ -40,6 +40,7 @@ class Llava(System):
     preset_recipes = PRESET_RECIPES
     preset_visions = PRESET_VISIONS
     recipes = {r.name: r for r in RECIPES}
+    adapter_modules = (PROJECTOR,)
     converters = commands.CONVERTERS
     spliced_samples = True
     demo_stages = ("stage1", "stage2")  # configs/demo_llava.py
@@ -77,6 +78,10 @@ class Llava(System):
         if not cfg.template:
             raise ValueError(f"a LLaVA pipeline needs PipelineConfig.template ({', '.join(conversation.TEMPLATES)})")
         conversation.check_template(cfg.template)
+
+    def data_template(self, adapter, kind: str) -> str:
+        """Caption data: `plain` (stage 1); instruction and conversation data: the prompt template."""
+        return "plain" if kind == "caption" else TEMPLATE
 
     def tokenize_record(self, tok, record, pick: int, cfg):
         out = samples.tokenize_record(tok, record, cfg.template, pick, cfg.max_len, cfg.image_tokens,

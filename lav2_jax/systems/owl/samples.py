@@ -7,16 +7,16 @@ ids[:-1]``, ``targets = ids[1:]``, ``loss_mask[k] = 1`` where ``targets[k]`` bel
 the EOS after each); image tokens, system text, ``Human:`` turns and padding carry none.
 
 Truncation keeps the first `max_len` positions. A sample is dropped (None, the pipeline counts it) when no answer
-token survives (the release would give a NaN loss for it) or when the cut would split an image's tokens.
-Multi-image records (several ``Human: <image>`` lines): image j (`record_images` order) owns the j-th run of
-placeholders; an image whose run the cut removed is not used. Batches (pipeline `max_images` > 1,
-`lav2_jax.data.images.stack_image_slots`): ``images`` float32 [B, max_images, H, W, 3], sample i's k images in
-slots 0..k-1 (the model splices slot j at the sample's j-th run, `lav2_jax.model.splice`); ``has_image`` bool [B, max_images] marks
-them. The other slots are zeros marked False; no placeholder refers to them, so neither attention nor the loss
-sees them (the encoder still runs on them: static shapes). A sample with more than `max_images` images is dropped
-and counted like a truncation drop; with packing a sample's k images take k consecutive slots of its row.
-The pipeline reaches these through the Owl `System` (`lav2_jax.systems.owl.system`): `tokenize_sample` (tokens and
-image count, that drop) and `sample_images` (a sample's image fields).
+token survives (the release would give a NaN loss for it) or when the cut would split an image's tokens. Multi-image
+records (several ``Human: <image>`` lines): image j (`record_images` order) owns the j-th run of placeholders; an
+image whose run the cut removed is not used. Batches (pipeline `max_images` > 1,
+`lav2_jax.data.images.stack_image_slots`): ``images`` float32 [B, max_images, H, W, 3], sample i's k images in slots
+0..k-1 (the model splices slot j at the sample's j-th run, `lav2_jax.model.splice`); ``has_image`` bool
+[B, max_images] marks them. The other slots are zeros marked False; no placeholder refers to them, so neither
+attention nor the loss sees them (the encoder still runs on them: static shapes). A sample with more than
+`max_images` images is dropped and counted like a truncation drop; with packing a sample's k images take k
+consecutive slots of its row. The pipeline reaches these through the Owl `System` (`lav2_jax.systems.owl.system`):
+`tokenize_sample` (tokens and image count, that drop) and `sample_images` (a sample's image fields).
 
 Images (`preprocess_image`): training = RandomResizedCrop(size, scale 0.5–1, bicubic) + horizontal flip (p 0.5),
 evaluation = a bicubic resize to size × size (no crop); then the CLIP normalisation.
@@ -30,10 +30,9 @@ import numpy as np
 from PIL import Image
 
 from lav2_jax.data import images
-from lav2_jax.data.samples import Tokenized, _text, kind_of
+from lav2_jax.core.templates import EOS, IMAGE
+from lav2_jax.data.samples import Tokenized, _text, kind_of, truncate
 from lav2_jax.data.tokenizer import Tokenizer
-from lav2_jax.systems.llava.conversation import EOS, IMAGE
-from lav2_jax.systems.llava.samples import truncate
 from lav2_jax.systems.owl import templates as ot
 
 TRAIN_SCALE = (0.5, 1.0)

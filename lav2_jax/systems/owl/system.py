@@ -16,7 +16,7 @@ from lav2_jax.core.registry import register
 from lav2_jax.core.system import DataKind, System
 from lav2_jax.systems.owl import clip_init, commands, samples, sources, templates
 from lav2_jax.systems.owl.presets import ADAPTER_PRESETS, PRESET_RECIPES, PRESET_VISIONS
-from lav2_jax.systems.owl.recipes import RECIPES
+from lav2_jax.systems.owl.recipes import ABSTRACTOR, RECIPES
 from lav2_jax.systems.owl.train_config import owl_configs
 from lav2_jax.systems.owl.visual import owl_visual_tokens
 
@@ -35,6 +35,7 @@ class MplugOwl(System):
     preset_recipes = PRESET_RECIPES
     preset_visions = PRESET_VISIONS
     recipes = {r.name: r for r in RECIPES}
+    adapter_modules = (ABSTRACTOR,)  # the vision model is a base weight, frozen in an adapter checkpoint
     converters = commands.CONVERTERS
     demo_stages = ("stage1", "stage2")  # configs/demo_owl.py
     max_images = None  # several `Human: <image>` lines per prompt

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-from lav2_jax.systems.llava.conversation import EOS, IMAGE
+from lav2_jax.core.templates import EOS, IMAGE, Segments
 
 SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 HUMAN, AI = "\nHuman: ", "\nAI: "
 STOP_STRINGS = ("\nHuman:",)
-
-Segments = list[tuple[str, bool]]
 
 
 def _check(turns: Sequence[tuple[str, str]]) -> None:
