@@ -3,12 +3,12 @@
     .venv/bin/python benchmarks/convert_memory.py [--configs 1b,7b] [--shards 2] [--dir /tmp/lav2_convert_bench]
 
 For each configuration: a child process writes a random bf16 Meta checkpoint (`params.json` +
-`consolidated.NN.pth`, DESIGN.md §4 shard axes), then a second child runs the conversion
+`consolidated.NN.pth`, docs/design.md §7.2 shard axes), then a second child runs the conversion
 (`python -m lav2_jax.cli.main convert meta`, bf16 output); the conversion child's peak RSS comes from
 `os.wait4` (ru_maxrss), so the builder's memory does not count. Prints a markdown table row per configuration.
 `--export` adds a third child, `lav2 export hf` of the converted checkpoint back to a Hugging Face directory
 (streamed per stacked leaf group, `lav2_jax.checkpoint.export.hf`), with its wall time and peak RSS.
-Configurations: 1b = DESIGN §7 "M" sizes (dim 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632, vocab 32000);
+Configurations: 1b = docs/design.md §9 "M" sizes (dim 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632, vocab 32000);
 7b = LLaMA-1 7B shapes (6.74 B parameters, 13.5 GB in bf16).
 """
 

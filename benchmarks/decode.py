@@ -1,8 +1,8 @@
-"""Decoding benchmark (DESIGN.md §7): lav2_jax `generate` vs Hugging Face `generate`, same weights, greedy.
+"""Decoding benchmark (docs/design.md §9): lav2_jax `generate` vs Hugging Face `generate`, same weights, greedy.
 
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/decode.py --presets tiny,bench-s --batches 1,4,8
 
-Per model preset (DESIGN §7 names), in float32:
+Per model preset (docs/design.md §9 names), in float32:
   1. prep: random base weights (adapter `none`, seed 0) → `save_pretrained` → `lav2 export hf` (the conversion
      path, `lav2_jax.checkpoint.export.hf.export_hf`) → a Hugging Face Llama directory with the same weights.
   2. ours: `load_pretrained(ckpt)`, then per batch size the jitted engine functions that `generate` calls:
@@ -12,7 +12,7 @@ Per model preset (DESIGN §7 names), in float32:
      `generation.decode_view`).
   3. hf: `LlamaForCausalLM.from_pretrained(dir)`: prefill = one forward with `use_cache=True`; generation =
      `model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)` (its KV cache, its greedy loop).
-  4. (`--adapter`) ours again with the §7 adapter (bias on wq wo w1 w2 w3, norms, 10 prompt tokens in the last
+  4. (`--adapter`) ours again with the §9 adapter (bias on wq wo w1 w2 w3, norms, 10 prompt tokens in the last
      n_layers-1 layers, gates perturbed): no HF equivalent (a plain Llama cannot hold gated prompts).
 Each step runs in its own process, so each reports its own peak RSS (`ru_maxrss`, weights and compilations
 included). Prompt: BOS + 31 random ids (32 tokens); 64 new tokens, EOS disabled so every row makes all 64.
@@ -73,7 +73,7 @@ def fp32(config):
 
 
 def bench_adapter(config):
-    from lav2_jax.config import AdapterConfig
+    from lav2_jax.core.config import AdapterConfig
 
     return AdapterConfig(linear_kind="bias_qo_ffn", norm_tuning=True, prompt_len=10,
                          prompt_layers=config.n_layers - 1, visual_fusion="none")
@@ -82,7 +82,7 @@ def bench_adapter(config):
 def worker_prep(a) -> dict:
     import jax
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint import save_pretrained
     from lav2_jax.checkpoint.export.hf import export_hf
     from lav2_jax.model.factory import build_model, init_params
@@ -98,7 +98,7 @@ def worker_ours(a) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.inference import engine
     from lav2_jax.model.factory import build_model, init_params
 
@@ -119,15 +119,16 @@ def worker_ours(a) -> dict:
     model, params = decode_view(None, model, params, None)  # the layout generate() decodes with (CPU: unstacked)
     c = model.config
     new_len, cache_len = NEW_TOKENS, PROMPT_LEN + NEW_TOKENS
-    scalars = dict(key=jax.random.PRNGKey(0), temperature=jnp.float32(1), top_p=jnp.float32(1),
-                   eos_id=jnp.int32(-1), pad_id=jnp.int32(0))
+    spec = engine.SamplingSpec(key=jax.random.PRNGKey(0), temperature=jnp.float32(1), top_p=jnp.float32(1),
+                               eos_id=jnp.int32(-1), pad_id=jnp.int32(0), greedy=True, cache_len=cache_len,
+                               new_len=new_len)
     rows, first = [], None
     for B in a.batches:
         inputs = dict(tokens=jnp.asarray(prompt_ids(B, c.vocab_size)), lengths=jnp.full((B,), PROMPT_LEN, jnp.int32),
                       budgets=jnp.full((B,), NEW_TOKENS, jnp.int32), images=None, has_image=None)
-        args = (model, True, cache_len, new_len, params)
-        prefill = lambda: jax.block_until_ready(engine.prefill_fn(*args, **inputs, **scalars)["tok"])  # noqa: E731
-        gen = lambda: jax.block_until_ready(engine.generate_fn(*args, **inputs, **scalars))  # noqa: E731
+        args = (model, spec, params)
+        prefill = lambda: jax.block_until_ready(engine.prefill_fn(*args, **inputs).tok)  # noqa: E731
+        gen = lambda: jax.block_until_ready(engine.generate_fn(*args, **inputs))  # noqa: E731
         rows.append(rates(B, timed(prefill, a.iters), timed(gen, a.iters)))
         if B == 1:
             first = np.asarray(gen()[0][0]).tolist()
@@ -197,7 +198,7 @@ def main() -> None:
     p.add_argument("--presets", default="tiny,bench-s")
     p.add_argument("--batches", default="1,4,8")
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--adapter", action="store_true", help="also time ours with the §7 adapter (no HF peer)")
+    p.add_argument("--adapter", action="store_true", help="also time ours with the §9 adapter (no HF peer)")
     p.add_argument("--json", default=None, help="write the raw results here")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
@@ -223,7 +224,7 @@ def main() -> None:
         results += [dict(ours, preset=preset, impl="lav2_jax", agree=agree),
                     dict(hf, preset=preset, impl="HF transformers")]
         if adapted:
-            results.append(dict(adapted, preset=preset, impl="lav2_jax + §7 adapter"))
+            results.append(dict(adapted, preset=preset, impl="lav2_jax + §9 adapter"))
     print(table(results))
     if a.json:
         with open(a.json, "w") as f:

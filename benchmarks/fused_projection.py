@@ -41,7 +41,7 @@ def main() -> int:
     import jax
     import jax.numpy as jnp
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
 
     c = presets.get_model("bench-m")
     D, Q, KV, F = c.dim, c.n_heads * c.head_dim, c.kv_heads * c.head_dim, c.hidden_dim

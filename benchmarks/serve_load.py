@@ -32,7 +32,7 @@ QUESTIONS = ("What is in the picture?", "Describe the scene.", "A red bus drives
 def build_checkpoint(work: str, preset: str) -> str:
     import jax
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint import save_pretrained
     from lav2_jax.data.testing import train_sentencepiece
     from lav2_jax.data.tokenizer import load_tokenizer
@@ -48,7 +48,7 @@ def build_checkpoint(work: str, preset: str) -> str:
 
 def warm(bundle, max_batch: int, max_tokens: int, system: str) -> None:
     """Compiles every batch bucket up to `max_batch` for these prompts (the first call of each shape compiles)."""
-    from lav2_jax import templates
+    from lav2_jax.core import templates
     from lav2_jax.serve.decode import BatchDecode
 
     prompts = [templates.chat_prompt([("human", q)], system) for q in QUESTIONS]

@@ -1,5 +1,5 @@
 """Why batch-1 prefill on XLA:CPU trails torch: float32 matmuls with few rows (M = prompt tokens × batch), at the
-shapes of one bench-m (DESIGN §7 "M") decoder layer, jitted `x @ W` in JAX vs `x @ W` in torch (2 threads), same
+shapes of one bench-m (docs/design.md §9 "M") decoder layer, jitted `x @ W` in JAX vs `x @ W` in torch (2 threads), same
 process. Prints a table of GFLOP/s (median of `--iters` after one warm-up).
 
     .venv/bin/python benchmarks/small_matmul.py [--rows 1,8,32,256] [--iters 15]

@@ -4,8 +4,8 @@
         [--variants base,packed,flash] [--batches 512,256,128,64] [--remat dots_no_batch] [--accum 4]
         [--json compiles.jsonl --reuse] [--until 17:50]
 
-Nothing runs on a TPU: every row is compiled for its topology on this CPU host (libtpu, `lav2_jax.aot`), which gives
-per-chip memory (arguments + outputs + temporaries − donated buffers) and the program's FLOPs (`lav2_jax.flops`).
+Nothing runs on a TPU: every row is compiled for its topology on this CPU host (libtpu, `lav2_jax.train.aot`), which gives
+per-chip memory (arguments + outputs + temporaries − donated buffers) and the program's FLOPs (`lav2_jax.core.flops`).
 The recipe is the paper's joint step (caption + instruction streams, configs/joint_7b.py) with the row's model, bf16
 frozen weights, FSDP over every device, the row's remat policy and gradient-accumulation micro-batches (`--remat`,
 `--accum` override them). A global batch B means B caption rows and B instruction rows per optimizer step, each
@@ -62,7 +62,7 @@ def row_settings(row: str, remat: str | None = None, accum: int | None = None) -
 
 
 def train_config(row: str, variant: str, batch: int, remat: str | None = None, accum: int | None = None):
-    from lav2_jax import aot
+    from lav2_jax.train import aot
 
     preset, _, inst_len, cap_len, _, _, _ = ROWS[row]
     remat, accum = row_settings(row, remat, accum)
@@ -78,15 +78,15 @@ def train_config(row: str, variant: str, batch: int, remat: str | None = None, a
 
 
 def compile_row(row: str, variant: str, batch: int, remat: str | None = None, accum: int | None = None) -> dict:
-    from lav2_jax import aot
+    from lav2_jax.train import aot
 
     preset, topology, inst_len, _, _, kind, _ = ROWS[row]
     remat, accum = row_settings(row, remat, accum)
     t0 = time.time()
     mesh = aot.topology_mesh(topology, 1, -1, 1)
     if kind == "generate":
-        from lav2_jax import presets
-        from lav2_jax.flops import analytic_forward_flops
+        from lav2_jax.core import presets
+        from lav2_jax.model.flops import analytic_forward_flops
         from lav2_jax.model.factory import build_model
 
         model = build_model(presets.get_model(preset).replace(attention=VARIANTS[variant][1]),
@@ -177,8 +177,8 @@ def size_row(row: str, variant: str, batches: list[int], max_hbm: float, compile
     """The largest batch of `batches` whose step fits `max_hbm` of HBM (the last one tried when none does), found
     with few compiles (see the module docstring). A batch above it that the line through two compiles puts over
     `margin` × the limit is not compiled: it goes into the result's `predicted` {batch: per-chip GiB}."""
-    from lav2_jax import aot
-    from lav2_jax.flops import hbm_gib
+    from lav2_jax.train import aot
+    from lav2_jax.core.flops import hbm_gib
 
     _, accum_steps = row_settings(row, remat, accum)
     chips = len(aot.topology_devices(ROWS[row][1]))  # devices: data-parallel ways of the (1, all, 1) mesh

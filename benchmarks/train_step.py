@@ -1,4 +1,4 @@
-"""Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (DESIGN.md §7).
+"""Train-step throughput: lav2_jax vs litgpt `adapter_v2` on the same CPU, same run (docs/design.md §9).
 
     .venv/bin/python benchmarks/train_step.py [--configs s,m] [--iters 5] [--warmup 2]
         [--streams equal,equal-finetune,alpaca,alpaca-prompt] [--layout unrolled|scan] [--vocab-chunk 0]
@@ -19,7 +19,7 @@ and scales, lav2_jax `release-finetune`, litgpt its norms + `adapter_bias` + `ad
                   512 (`lav2_jax.data.packing.Packer`, first fit), litgpt pads 4 samples to their longest, and
                   "pad-512" is our own step under the release's policy (every sample padded to 512).
   alpaca-prompt   the same samples (same lengths, same tokens), each now an instruction prompt without loss followed
-                  by a response with loss, like the release's instruction data (DESIGN.md §3: loss on the response
+                  by a response with loss, like the release's instruction data (docs/design.md §3.3.1: loss on the response
                   and EOS only): the first round(0.4·L) tokens of a sample of L tokens are its prompt (at least one
                   response token). 40 % is a stated assumption, not a fit: the lengths above stand for whole Alpaca
                   samples (instruction + input + response), whose instruction and input make up roughly 40 % of the
@@ -28,7 +28,7 @@ and scales, lav2_jax `release-finetune`, litgpt its norms + `adapter_bias` + `ad
 Real tokens/s counts non-padding tokens only: the median over timed steps of (real tokens ÷ step time); the loss
 tokens/s column counts the tokens with a loss the same way (all real tokens except in `alpaca-prompt`).
 
-Configurations (DESIGN.md §7): S = `bench-s`, M = `bench-m` (~1.1B), float32, release-like adapter (bias on wq wo w1
+Configurations (docs/design.md §9): S = `bench-s`, M = `bench-m` (~1.1B), float32, release-like adapter (bias on wq wo w1
 w2 w3, trainable norms, 10 prompt tokens in the last n_layers-1 layers, tanh gates; no vision).
 lav2_jax runs its CPU settings by default: layers unrolled over unstacked weights (`ModelConfig.scan_layers=False`;
 `--layout scan` is the TPU layout), attention in causal query blocks (`ModelConfig.attention="blocked"`: the score
@@ -88,7 +88,7 @@ def peak_rss_mb() -> float:
 
 
 def model_config(name: str):
-    from lav2_jax import presets
+    from lav2_jax.core import presets
 
     return presets.get_model(PRESETS[name]).replace(weight_dtype="float32", dtype="float32")
 
@@ -162,9 +162,9 @@ def build_jax(name: str, mode: str = "equal", trainable: str = "all", layout: st
     if devices > 1:  # data parallel over host "devices" (one XLA program each, batch rows split between them)
         jax.config.update("jax_num_cpu_devices", devices)
 
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.model.factory import build_model
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
     from lav2_jax.train import state as state_lib
     from lav2_jax.train.defaults import base_config, group
 

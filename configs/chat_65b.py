@@ -1,11 +1,11 @@
-"""The released 65B chat model's recipe shape (DESIGN.md §1.2, §2): LLaMA-65B with input-side scale + bias on every
+"""The released 65B chat model's recipe shape (docs/design.md §3.1, §6): LLaMA-65B with input-side scale + bias on every
 linear and trainable norms, trained on conversation / instruction data (no prompts, no vision).
 
   lav2 train --config configs/chat_65b.py --workdir gs://BUCKET/run --config.model.base_checkpoint=/ckpt/llama-65b \
       --config.data.tokenizer=/ckpt/llama-65b/tokenizer --config.data.instruction.path=/data/sharegpt \
       --config.distributed.auto=True
 
-The chat model's own hyper-parameters are not published in DESIGN.md: the values below are the finetune stage's
+The chat model's own hyper-parameters are not published: the values below are the finetune stage's
 (blr 1e-3, wd 0.02) — adjust them. 65B needs a pod: frozen weights FSDP-sharded over every chip (bf16, ~130 GB),
 `remat_policy=full`, tensor parallelism available through `mesh.tensor`.
 """

@@ -18,7 +18,7 @@ are set by `lav2 demo --systems` to the LLaMA-Adapter V2 run's (the same data bu
 """
 
 from lav2_jax.demo.systems import stage_base_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 IMAGE_TOKEN_ID = -200  # the original repo's IMAGE_TOKEN_INDEX: a placeholder outside any vocabulary
 STEPS = 300

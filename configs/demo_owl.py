@@ -1,4 +1,4 @@
-"""mPLUG-Owl (mPLUG-Owl paper §3.2; SEED_SYSTEMS.md §3.4) on the demo's task, for `lav2 demo --systems
+"""mPLUG-Owl (mPLUG-Owl paper §3.2; docs/design.md §5.4) on the demo's task, for `lav2 demo --systems
 lav2,llava,owl`: its two stages over the demo's frozen parts, the same data as `configs/demo.py`.
 
   stage1  owl-stage1: the vision model (initialised from the demo's contrastive CLIP tower, its q|k|v rows
@@ -27,7 +27,7 @@ and batches are set by
 
 from lav2_jax.demo.systems import stage_base_config
 from lav2_jax.train.defaults import group
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 STEPS = 300
 WARMUP = 10

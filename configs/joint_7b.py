@@ -1,4 +1,4 @@
-"""Paper joint training (§4.2, DESIGN.md §2) on LLaMA-7B: caption data → connector + early visual gates,
+"""Paper joint training (§4.2, docs/design.md §6) on LLaMA-7B: caption data → connector + early visual gates,
 instruction data → adapter prompts and gates, norms, biases and scales; both updates in every step.
 
   lav2 train --config configs/joint_7b.py --workdir DIR --config.model.base_checkpoint=/ckpt/llama-7b \
@@ -6,7 +6,7 @@ instruction data → adapter prompts and gates, norms, biases and scales; both u
       --config.data.instruction.path=/data/alpaca
 
 The paper does not publish every hyper-parameter of its joint run: the per-group values below follow the released
-two stages (DESIGN.md §3: caption like pretrain, instruction like finetune). Warm-up is in steps here (the release
+two stages (docs/design.md §3.3.4: caption like pretrain, instruction like finetune). Warm-up is in steps here (the release
 counts epochs): adjust it to your data.
 """
 

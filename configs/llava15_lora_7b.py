@@ -6,13 +6,13 @@ all seven Vicuna-7B linears (q k v o gate up down; not the head) at lr 2e-4, the
       --config.model.base_checkpoint=ckpt/llava15-stage1 --config.data.tokenizer=ckpt/llava15-stage1/tokenizer \
       --config.data.train.path=data/mix665k
 
-Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 128, 1 epoch (5197 steps), warm-up ratio 0.03,
+Published hyper-parameters (docs/design.md §4.4): global batch 128, 1 epoch (5197 steps), warm-up ratio 0.03,
 cosine, weight decay 0, max length 2048, AdamW β 0.9/0.999, clip 1.0, bf16; `group_by_modality_length` as in stage 2
 (each global batch all-image or all-text, `lav2_jax.data.modality_groups`).
 """
 
 from lav2_jax.train.defaults import pod_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 SAMPLES, BATCH = 665298, 128
 

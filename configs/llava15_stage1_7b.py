@@ -16,7 +16,7 @@ the weights); it holds no projector, so the run initialises a fresh one (like `n
       --config.data.train.path=data/lcs558k
   lav2 export trained --workdir runs/llava15_stage1 --out ckpt/llava15-stage1   # projector only, over the base
 
-Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 256, lr 1e-3, 1 epoch (558,128 samples → 2180
+Published hyper-parameters (docs/design.md §4.4): global batch 256, lr 1e-3, 1 epoch (558,128 samples → 2180
 steps), warm-up ratio 0.03 (⌈0.03 · 2180⌉ = 66 steps), cosine to 0, weight decay 0, max length 2048 (image tokens
 included), AdamW with the Hugging Face Trainer's defaults (β 0.9/0.999, ε 1e-8, clip 1.0), bf16, gradient
 checkpointing; stage 1 uses the plain CLIP preprocessing (`square`). ZeRO-2 is replaced by FSDP; every sample has
@@ -24,7 +24,7 @@ an image, so there is no modality grouping (stage 2 has it).
 """
 
 from lav2_jax.train.defaults import pod_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 SAMPLES, BATCH = 558128, 256
 

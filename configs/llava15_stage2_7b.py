@@ -7,7 +7,7 @@ template, `pad` images; CLIP frozen. Starts from the stage-1 export (which holds
       --config.model.base_checkpoint=ckpt/llava15-stage1 --config.data.tokenizer=ckpt/llava15-stage1/tokenizer \
       --config.data.train.path=data/mix665k
 
-Published hyper-parameters (SEED_SYSTEMS.md §1.4): global batch 128, lr 2e-5 for projector and LLM, 1 epoch
+Published hyper-parameters (docs/design.md §4.4): global batch 128, lr 2e-5 for projector and LLM, 1 epoch
 (665,298 samples → 5197 steps), warm-up ratio 0.03 (⌈0.03 · 5197⌉ = 156 steps), cosine to 0, weight decay 0,
 max length 2048, AdamW β 0.9/0.999, ε 1e-8, clip 1.0, bf16, gradient checkpointing. The trainable base weights keep
 float32 master copies and AdamW moments, FSDP-sharded like the weights (the original used ZeRO-3).
@@ -16,7 +16,7 @@ float32 master copies and AdamW moments, FSDP-sharded like the weights (the orig
 """
 
 from lav2_jax.train.defaults import pod_config
-from lav2_jax.train.llava_config import add_llava_fields, llava_group
+from lav2_jax.systems.llava.train_config import add_llava_fields, llava_group
 
 SAMPLES, BATCH = 665298, 128
 

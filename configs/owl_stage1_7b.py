@@ -1,4 +1,4 @@
-"""mPLUG-Owl stage 1 (pre-training, mPLUG-Owl paper §3.2; SEED_SYSTEMS.md §3.4) on LLaMA-7B: the vision model
+"""mPLUG-Owl stage 1 (pre-training, mPLUG-Owl paper §3.2; docs/design.md §5.4) on LLaMA-7B: the vision model
 (ViT-L/14, 224 px, initialised from CLIP) AND the visual abstractor train on image–text pairs, the LLM is frozen.
 
   lav2 convert meta --ckpt-dir /ckpt/llama/7B --out /ckpt/llama-7b
@@ -14,7 +14,7 @@ bf16 and trained through float32 master copies.
 """
 
 from lav2_jax.train.defaults import group, pod_config
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 
 def get_config():

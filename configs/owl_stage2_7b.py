@@ -1,4 +1,4 @@
-"""mPLUG-Owl stage 2 (instruction tuning; SEED_SYSTEMS.md §3.4) with the released script's hyper-parameters
+"""mPLUG-Owl stage 2 (instruction tuning; docs/design.md §5.4) with the released script's hyper-parameters
 (`scripts/train_it.sh`): LoRA r 8, alpha 32 (scale 4), dropout 0.05 on the LLM's q/v projections (`wq`, `wv`),
 vision model and abstractor frozen; lr 2e-5, 50 warm-up steps, 3 epochs = 4,236 iterations at global batch 256
 (micro-batch 4: `accum_steps` 4 gives 4 rows per chip on 16 chips), weight decay 1e-4, AdamW (0.9, 0.999), eps 1e-8, clip 1.0,
@@ -15,7 +15,7 @@ passed to the Trainer).
 """
 
 from lav2_jax.train.defaults import group, pod_config
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 
 def get_config():

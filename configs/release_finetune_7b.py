@@ -1,4 +1,4 @@
-"""The released stage 2 ("finetune", DESIGN.md §2–3) on LLaMA-7B with the released BIAS adapter: instruction data
+"""The released stage 2 ("finetune", docs/design.md §6, §3.3) on LLaMA-7B with the released BIAS adapter: instruction data
 trains the LLaMA norms and biases. blr 1e-3, weight decay 0.02, max 512 tokens, batch 32, lr = blr · batch / 256.
 
   lav2 train --config configs/release_finetune_7b.py --workdir DIR --config.model.base_checkpoint=/ckpt/stage1 \

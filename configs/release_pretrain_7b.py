@@ -1,4 +1,4 @@
-"""The released stage 1 ("pretrain", DESIGN.md §2–3) on LLaMA-7B with the released BIAS adapter: image–text pairs
+"""The released stage 1 ("pretrain", docs/design.md §6, §3.3) on LLaMA-7B with the released BIAS adapter: image–text pairs
 train the connector, visual query, adapter prompts and all gates. blr 1e-4, weight decay 0.05, max 96 tokens,
 batch 32, lr = blr · batch / 256, per-step warm-up then half-cycle cosine.
 

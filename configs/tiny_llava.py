@@ -8,7 +8,7 @@ Other recipes of the same model: `--config.param_recipe=llava-stage1` (projector
 """
 
 from lav2_jax.train.defaults import base_config, group
-from lav2_jax.train.llava_config import add_llava_fields
+from lav2_jax.systems.llava.train_config import add_llava_fields
 
 
 def get_config():

@@ -9,7 +9,7 @@ Stage 2 (LoRA on wq/wv): `--config.param_recipe=owl-stage2 --config.recipe=full 
 """
 
 from lav2_jax.train.defaults import base_config, group
-from lav2_jax.train.owl_config import add_owl_fields
+from lav2_jax.systems.owl.train_config import add_owl_fields
 
 
 def get_config():

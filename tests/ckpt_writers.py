@@ -1,7 +1,7 @@
 """Tiny random checkpoints in each PyTorch source format, written by the tests themselves.
 
 References come from `transformers` (`LlamaForCausalLM`, `CLIPVisionModel`); the Meta / OpenAI / released layouts
-are derived from their state dicts by the key maps below. Meta q/k rows are put in the interleaved RoPE order by
+are derived from their state dicts by the key maps below (docs/design.md §7). Meta q/k rows are put in the interleaved RoPE order by
 `meta_row_order`, an index permutation written here from the two conventions (nothing from `lav2_jax`).
 """
 
@@ -87,7 +87,7 @@ def meta_state_dict(hf_model, config, dtype=torch.float32) -> dict:
 
 
 def split_meta(sd: dict, n: int) -> list[dict]:
-    """Model-parallel shards of a Meta state dict (DESIGN.md §4 axes; norms replicated)."""
+    """Model-parallel shards of a Meta state dict (docs/design.md §7.2 axes; norms replicated)."""
     shards = [{} for _ in range(n)]
     for k, v in sd.items():
         name = k.split(".")[-2]
@@ -216,7 +216,7 @@ def hf_clip(vision, seed: int = 0):
 
 
 def hf_clip_tokens(model, images_nhwc) -> np.ndarray:
-    """Reference: projection of the post-LN hidden states of **all** tokens (DESIGN.md §1.3)."""
+    """Reference: projection of the post-LN hidden states of **all** tokens (docs/design.md §3.2.1)."""
     with torch.no_grad():
         pixels = torch.as_tensor(np.asarray(images_nhwc)).permute(0, 3, 1, 2)
         h = model.vision_model(pixel_values=pixels).last_hidden_state

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model.factory import build_model, init_params
 from flax import traverse_util
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model.factory import build_model, init_params
 
 TINY = presets.get_model("tiny")

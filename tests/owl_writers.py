@@ -1,9 +1,9 @@
 """Tiny mPLUG-Owl (v1) checkpoints in the released key format, and a numpy reference of its visual path.
 
-The released layout (SEED_SYSTEMS.md §3.5): every 7B key name (`query_tokens`, `vision_model.*`, `abstractor.*`,
+The released layout (docs/design.md §7.7): every 7B key name (`query_tokens`, `vision_model.*`, `abstractor.*`,
 `language_model.model.*` incl. `rotary_emb.inv_freq` buffers, `language_model.lm_head.weight`) at tiny shapes;
-the language model is a random `transformers` `LlamaForCausalLM`. The numpy reference follows the facts sheet's
-equations (§3.1, §3.2) on the released keys directly: per-head `[q_h, k_h, v_h]` rows of `query_key_value`, fp32
+the language model is a random `transformers` `LlamaForCausalLM`. The numpy reference follows docs/design.md's
+equations (§5.1, §5.2) on the released keys directly: per-head `[q_h, k_h, v_h]` rows of `query_key_value`, fp32
 LayerNorms (vision eps 1e-6, abstractor norm1/normk/norm2 1e-5, ffn_ln 1e-6), the normed-query residual.
 """
 
@@ -15,8 +15,8 @@ import os
 import numpy as np
 import torch
 
-from lav2_jax import presets
-from lav2_jax.config import AbstractorConfig, VisionConfig
+from lav2_jax.core import presets
+from lav2_jax.core.config import AbstractorConfig, VisionConfig
 
 VISION = VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_ratio=2.0, output_dim=32,
                       layer_norm_eps=1e-6, weight_dtype="float32", dtype="float32")
@@ -129,7 +129,7 @@ def _softmax(s):
 
 
 def ref_vision(sd: dict, images_nhwc: np.ndarray, v: VisionConfig = VISION) -> np.ndarray:
-    """[B, H, W, 3] → [B, T, D] float64: §3.1 with per-head q|k|v, QuickGELU, post_layernorm on every token."""
+    """[B, H, W, 3] → [B, T, D] float64: §5.1 with per-head q|k|v, QuickGELU, post_layernorm on every token."""
     x_img = np.asarray(images_nhwc, np.float64)
     B, P, D, N = x_img.shape[0], v.patch_size, v.width, v.heads
     g = v.image_size // P
@@ -153,7 +153,7 @@ def ref_vision(sd: dict, images_nhwc: np.ndarray, v: VisionConfig = VISION) -> n
 
 
 def ref_abstractor(sd: dict, visual: np.ndarray, a: AbstractorConfig = ABSTRACTOR) -> np.ndarray:
-    """[B, T, W] → [B, Q + 1, O] float64: §3.2 (K/V over [norm1(x); normk(v)], x = norm1(x) + out_proj(...))."""
+    """[B, T, W] → [B, Q + 1, O] float64: §5.2 (K/V over [norm1(x); normk(v)], x = norm1(x) + out_proj(...))."""
     B, W, N = visual.shape[0], a.width, a.heads
     hd = W // N
     x = np.broadcast_to(_np(sd, "query_tokens"), (B, a.num_queries, W))

@@ -12,6 +12,7 @@ from flax import traverse_util
 
 from lav2_jax.checkpoint import load_pretrained, read_config
 from lav2_jax.demo import system_inits, systems
+from lav2_jax.systems.owl.clip_init import clip_to_owl_vision
 
 
 def _flat(path) -> dict:
@@ -51,7 +52,7 @@ def check_owl_run(workdir) -> None:
     lora = [k for k in two if k[-1] == "lora_b"]
     assert lora and all(np.abs(np.asarray(two[k])).max() > 0 for k in lora)  # B starts at zero: it trained
     base, heads = _flat(workdir / "base"), read_config(root / "init").vision.heads
-    vision = traverse_util.flatten_dict(system_inits.clip_to_owl_vision(
+    vision = traverse_util.flatten_dict(clip_to_owl_vision(
         traverse_util.unflatten_dict({k[1:]: v for k, v in base.items() if k[0] == "clip"}), heads))
     for k, v in vision.items():  # stage 1 started from the demo's CLIP tower
         np.testing.assert_array_equal(np.asarray(init[("owl_vision",) + k]), v)

@@ -5,7 +5,8 @@ import json
 import jax
 import numpy as np
 
-from lav2_jax import aot, presets
+from lav2_jax.train import aot
+from lav2_jax.core import presets
 from lav2_jax.cli.main import main
 from lav2_jax.model.factory import abstract_params, build_model
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model import blocked_attention
 from lav2_jax.model.factory import build_model, init_params
 from lav2_jax.model.segments import segment_positions

@@ -1,10 +1,10 @@
-"""Chat: the template of DESIGN.md §3 over the history, oldest exchanges dropped to fit the context, replies cut at
-"###" (streamed text never shows a partial separator)."""
+"""Chat: the template of docs/design.md §3.3.2 over the history, oldest exchanges dropped to fit the context,
+replies cut at "###" (streamed text never shows a partial separator)."""
 
 import pytest
 
 from generate_helpers import CharTokenizer, tiny_bundle
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.inference import PromptTooLong
 from lav2_jax.inference.chat import ChatSession
 from lav2_jax.inference.streaming import TextStreamer

@@ -21,7 +21,7 @@ import pytest
 from flax import traverse_util
 
 import lav2_jax
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import items as items_mod
 from lav2_jax.checkpoint import load_adapter, read_config, save_adapter, save_pretrained
 from lav2_jax.checkpoint.pretrained import adapter_mask
@@ -66,6 +66,27 @@ def test_round_trip_exact_and_items_split(tmp_path):
     assert ("layers", "attention", "wq", "lora_b") in adapter and ("adapter_query",) in adapter
     assert ("connector", "visual_query") in adapter and ("norm", "scale") in adapter
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary dirs left
+
+
+def test_config_names_its_system_and_one_without_it_still_loads(tmp_path):
+    """config.json records the adapter's system; one written before it did (no "system") loads the same."""
+    model = _model()
+    params = _params(model)
+    out = save_pretrained(tmp_path / "ckpt", model, params)
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        data = json.load(f)
+    assert data["system"] == "lav2" and read_config(out).system == "lav2"
+    del data["system"]
+    with open(path, "w") as f:
+        json.dump(data, f)
+    bundle = lav2_jax.load_pretrained(out)
+    assert bundle.config.system == "lav2" and bundle.model.adapter == model.adapter
+    np.testing.assert_array_equal(_logits(bundle.model, bundle.params), _logits(model, params))
+    with open(path, "w") as f:
+        json.dump(dict(data, system="owl"), f)
+    with pytest.raises(ValueError, match="names system 'owl' but its adapter is of system 'lav2'"):
+        read_config(out)
 
 
 def test_restore_in_runs_of_bounded_size_is_exact(tmp_path, monkeypatch):
@@ -156,7 +177,7 @@ def test_restore_onto_mesh(tmp_path):
         import jax, flax.linen as nn
         from flax import traverse_util
         import lav2_jax
-        from lav2_jax.sharding import make_mesh, logical_shardings
+        from lav2_jax.core.sharding import make_mesh, logical_shardings
         from lav2_jax.model.factory import abstract_params
         mesh = make_mesh(data=1, fsdp=2, tensor=2)
         b = lav2_jax.load_pretrained({out!r}, mesh=mesh)
@@ -181,7 +202,7 @@ def test_unstacked_layout_loads_each_layer_once_with_the_same_logits(tmp_path):
     from generate_helpers import CharTokenizer
     from lav2_jax.inference import generate
     from lav2_jax.model.factory import unstack_layers
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
 
     model = _model()
     params = _params(model)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ckpt_utils import write_sentencepiece
 from generate_helpers import tiny_bundle
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.checkpoint import load_pretrained, save_pretrained
 from lav2_jax.cli.main import main
 from lav2_jax.data.images import preprocess
@@ -130,8 +130,8 @@ def test_chat(ckpts, capsys, monkeypatch):
 def llava_ckpt(ckpts, tmp_path_factory):
     """A tiny LLaVA checkpoint (spliced, not mPLUG-Owl; 16 visual tokens per 32 px image), the same tokenizer."""
     from ckpt_utils import random_params
-    from lav2_jax import presets
-    from lav2_jax.config import SpliceConfig
+    from lav2_jax.core import presets
+    from lav2_jax.core.config import SpliceConfig
     from lav2_jax.model.factory import build_model
 
     adapter = presets.get_adapter("none").replace(splice=SpliceConfig(image_token_id=CFG.vocab_size, n_tokens=16))

@@ -1,4 +1,5 @@
-"""CLIPVisionTower (DESIGN.md §1.3, §4): parity with Hugging Face `CLIPVisionModel`, shapes, jit, remat, dtypes."""
+"""CLIPVisionTower (docs/design.md §3.2.1, §7.5): parity with Hugging Face `CLIPVisionModel`, shapes, jit, remat,
+dtypes."""
 
 import functools
 
@@ -13,7 +14,7 @@ from absl.testing import absltest
 from ckpt_writers import hf_clip
 
 from lav2_jax.model.clip import CLIPVisionTower
-from lav2_jax.presets import get_vision
+from lav2_jax.core.presets import get_vision
 
 TINY = get_vision("tiny")
 BATCH = 2

@@ -1,4 +1,5 @@
-"""VisualConnector (DESIGN.md §1.3): numpy reference, shapes, jit, remat, dtypes and the released parameter count."""
+"""VisualConnector (docs/design.md §3.2.2): numpy reference, shapes, jit, remat, dtypes and the released parameter
+count."""
 
 import functools
 
@@ -11,8 +12,8 @@ import pytest
 from absl.testing import absltest
 from scipy.special import erf
 
-from lav2_jax.config import AdapterConfig
-from lav2_jax.model.connector import VisualConnector
+from lav2_jax.core.config import AdapterConfig
+from lav2_jax.systems.lav2.connector import VisualConnector
 
 # CLIP output_dim 24 ≠ v_width 32, so clip_proj really changes width.
 ADAPTER = AdapterConfig(query_len=5, v_depth=2, v_width=32, v_num_heads=4, v_mlp_ratio=4.0)
@@ -32,7 +33,7 @@ def _tokens(seed=1, batch=BATCH):
     return np.random.default_rng(seed).standard_normal((batch, N_TOKENS, CLIP_DIM), np.float32)
 
 
-# ---- numpy reference, float64, written from the formulas in DESIGN.md §1.3 -------------------------------------
+# ---- numpy reference, float64, written from the formulas in docs/design.md §3.2.2 ---------------------------------
 
 def _ln(x, p, eps=1e-5):
     mu = x.mean(-1, keepdims=True)

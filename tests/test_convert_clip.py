@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import torch
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import load_vision
 from lav2_jax.checkpoint.convert.clip import convert_clip
 from ckpt_utils import assert_trees_equal

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint.convert.hf import convert_hf
 from lav2_jax.checkpoint.convert.meta import convert_meta
-from lav2_jax.checkpoint.convert.official import convert_official
+from lav2_jax.systems.lav2.convert_official import convert_official
 from ckpt_writers import hf_clip, hf_llama, meta_state_dict, write_hf, write_meta, write_official_inputs
 
 CONFIG = presets.get_model("tiny").replace(n_layers=2, vocab_size=64)

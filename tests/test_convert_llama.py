@@ -19,8 +19,8 @@ import torch
 from flax import traverse_util
 
 import lav2_jax
-from lav2_jax import presets
-from lav2_jax.checkpoint.convert.chat65b import convert_chat65b
+from lav2_jax.core import presets
+from lav2_jax.systems.lav2.convert_chat65b import convert_chat65b
 from lav2_jax.checkpoint.convert.hf import convert_hf
 from lav2_jax.checkpoint.convert.meta import convert_meta
 from lav2_jax.checkpoint.convert.ops import half_to_meta, meta_to_half

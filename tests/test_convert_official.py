@@ -2,7 +2,7 @@
 
 Proves: BIAS and LORA-BIAS structured files (every tensor non-trivial, some float16) convert into the right preset
 (`bias_qo_ffn`, official fusion, BGR, sizes from tensor shapes); every released tensor lands in our tree exactly
-where DESIGN.md §4 says, checked tensor by tensor with the DESIGN permutation formula written out independently
+where docs/design.md §7 says, checked tensor by tensor with the §2.2 permutation formula written out independently
 (wq bias and LoRA-B rows of wq/wk permuted per head, k with n_kv_heads); the base LLaMA, CLIP and tokenizer come
 along; the multimodal model runs on images; `official → orbax → official` is bit-exact (keys, dtypes, values,
 config); the CLI subcommands work.
@@ -16,9 +16,9 @@ import torch
 from flax import traverse_util
 
 import lav2_jax
-from lav2_jax import presets
-from lav2_jax.checkpoint.convert.official import convert_official
-from lav2_jax.checkpoint.export.official import export_official
+from lav2_jax.core import presets
+from lav2_jax.systems.lav2.convert_official import convert_official
+from lav2_jax.systems.lav2.export_official import export_official
 from lav2_jax.cli.main import main as cli_main
 from ckpt_writers import hf_clip, hf_llama, write_official_inputs
 from model_utils import random_tokens
@@ -28,7 +28,7 @@ VISION = presets.get_vision("tiny")
 
 
 def design_perm(w, n):
-    """DESIGN.md §1.1, verbatim: w_hf = w_meta.reshape(n, hd//2, 2, dim).transpose(0,2,1,3).reshape(n*hd, dim)."""
+    """docs/design.md §2.2, verbatim: w_hf = w_meta.reshape(n, hd//2, 2, dim).transpose(0,2,1,3).reshape(n*hd, dim)."""
     w = np.asarray(w, np.float32)
     if w.ndim == 1:
         return design_perm(w[:, None], n)[:, 0]
@@ -70,7 +70,8 @@ def test_convert_and_round_trip(tmp_path, models, lora):
                                           m[lay + "attention.lora_wv_l2.weight"].T)
             np.testing.assert_array_equal(p[("layers", "feed_forward", "w1", "lora_a")][i],
                                           m[lay + "feed_forward.lora_w1_l1.weight"].T)
-            np.testing.assert_array_equal(p[("layers", "attention", "new_gate")][i], m[lay + "attention.new_gate"][0, 0, 0])
+            np.testing.assert_array_equal(p[("layers", "attention", "new_gate")][i],
+                                          m[lay + "attention.new_gate"][0, 0, 0])
     np.testing.assert_array_equal(p[("adapter_query",)], m["adapter_query.weight"].reshape(2, 3, CONFIG.dim))
     np.testing.assert_array_equal(p[("connector", "visual_blocks", "attn", "qkv", "kernel")][1],
                                   m["visual_blocks.1.attn.qkv.weight"].T)

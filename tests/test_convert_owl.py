@@ -18,10 +18,10 @@ import torch
 
 import lav2_jax
 from lav2_jax.checkpoint import load_pretrained, read_config
-from lav2_jax.checkpoint.convert.owl import convert_mplug_owl
+from lav2_jax.systems.owl.convert import convert_mplug_owl
 from lav2_jax.checkpoint.items import item_shapes
 from lav2_jax.cli.main import main
-from lav2_jax.owl_templates import prompt as owl_prompt
+from lav2_jax.systems.owl.templates import prompt as owl_prompt
 from ckpt_writers import hf_clip, hf_llama, openai_clip_state_dict
 from owl_writers import LLM, VISION, ref_abstractor, ref_vision, released_owl_state, write_released_owl
 

@@ -1,4 +1,5 @@
-"""Every bad-input case of the data builder gives its counted reason; `--strict` stops at the first with file and line."""
+"""Every bad-input case of the data builder gives its counted reason; `--strict` stops at the first with file and
+line."""
 
 import json
 import os

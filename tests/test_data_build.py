@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.cli.main import main as lav2_main
 from lav2_jax.data import builder, images
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source

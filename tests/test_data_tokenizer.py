@@ -1,4 +1,5 @@
-"""Templates (DESIGN.md §3), the two tokenizer back ends, and the sample rule (tokens/targets/mask/truncation)."""
+"""Templates (docs/design.md §3.3.2), the two tokenizer back ends, and the sample rule
+(tokens/targets/mask/truncation)."""
 
 import json
 import pickle
@@ -6,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.data import samples
 from lav2_jax.data.testing import train_sentencepiece
 from lav2_jax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, encode_segments, load_tokenizer

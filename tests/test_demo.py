@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import save_pretrained
 from lav2_jax.cli.main import main
 from lav2_jax.demo import scenes as sc

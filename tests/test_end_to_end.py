@@ -11,7 +11,7 @@ import pytest
 from flax import traverse_util
 
 import lav2_jax
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import save_pretrained
 from lav2_jax.cli.main import main
 from lav2_jax.data.testing import train_sentencepiece, write_image, write_jsonl

@@ -212,9 +212,36 @@ def test_caption_end_to_end_and_bad_inputs(ckpt, bundle, tmp_path, capsys):
     assert rc == 2 and f"{ann}:3: not JSON" in err
 
 
+def cli_loss(capsys, ckpt: str, ds: str, out: str, max_len: int) -> tuple[dict, str]:
+    """`lav2 eval loss` of `ckpt` on dataset `ds` as stream `held`, batches of 2: (its summary entry, the table)."""
+    rc, table, err = run_cli(capsys, "loss", "--ckpt", ckpt, "--data", f"held={ds}", "--out", out, "--batch-size", "2",
+                             "--max-len", str(max_len), *QUIET)
+    assert rc == 0, err
+    return json.load(open(os.path.join(out, "summary.json")))["streams"]["held"], table
+
+
+def reference_loss(bundle, ds, cfg, with_images: bool = False) -> tuple[float, float, list]:
+    """(Σ masked token losses, Σ loss mask, the batches) of `ds` read by the pipeline `cfg`: full logits of the
+    batches, cross-entropy by hand in numpy."""
+    from lav2_jax.data.pipeline import Pipeline
+
+    forward = jax.jit(lambda p, t, i, h: bundle.model.apply({"params": p}, t, i, h))
+    total, count, batches = 0.0, 0.0, []
+    for batch in Pipeline(ds, bundle.tokenizer, cfg):
+        images = (batch["images"], batch["has_image"]) if with_images else (None, None)
+        logits = np.asarray(forward(bundle.params, batch["tokens"], *images), np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+        total += float((nll * batch["loss_mask"]).sum())
+        count += float(batch["loss_mask"].sum())
+        batches.append(batch)
+    return total, count, batches
+
+
 def test_loss_per_stream(ckpt, bundle, tmp_path, capsys):
     from lav2_jax.data import builder
-    from lav2_jax.data.pipeline import Pipeline, PipelineConfig
+    from lav2_jax.data.pipeline import PipelineConfig
     from lav2_jax.data.testing import write_jsonl
 
     src = write_jsonl(str(tmp_path / "alpaca.jsonl"), [
@@ -223,25 +250,54 @@ def test_loss_per_stream(ckpt, bundle, tmp_path, capsys):
     ds = str(tmp_path / "ds")
     builder.build("instruction", [builder.Source("instruction", src)], ds, progress=False)
     out = str(tmp_path / "out")
-    rc, table, err = run_cli(capsys, "loss", "--ckpt", ckpt, "--data", f"held={ds}", "--out", out, "--batch-size", "2",
-                             "--max-len", "128", *QUIET)
-    assert rc == 0, err
-    s = json.load(open(os.path.join(out, "summary.json")))["streams"]["held"]
-    # Reference: full logits of the same batches, cross-entropy by hand in numpy.
+    s, table = cli_loss(capsys, ckpt, ds, out, 128)
     cfg = PipelineConfig(batch_size=2, max_len=128, shuffle=False, num_epochs=1, train=False, shard_index=0,
                          shard_count=1, drop_remainder=False)
-    total, count = 0.0, 0.0
-    forward = jax.jit(lambda p, t: bundle.model.apply({"params": p}, t))
-    for batch in Pipeline(ds, bundle.tokenizer, cfg):
-        logits = np.asarray(forward(bundle.params, batch["tokens"]), np.float64)
-        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
-        nll = -np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
-        total += float((nll * batch["loss_mask"]).sum())
-        count += float(batch["loss_mask"].sum())
+    total, count, _ = reference_loss(bundle, ds, cfg)
     assert s["tokens"] == count and s["rows"] == 5 and s["batches"] == 3
     np.testing.assert_allclose(s["loss"], total / count, rtol=1e-5)
     np.testing.assert_allclose(s["perplexity"], np.exp(total / count), rtol=1e-5)
     assert "held loss" in table and "held perplexity" in table
     rc, _, err = run_cli(capsys, "loss", "--ckpt", ckpt, "--data", str(tmp_path / "none"), "--out", out + "2", *QUIET)
     assert rc == 2 and "dataset not found" in err
+
+
+def test_loss_of_a_llava_checkpoint_reads_its_template(ckpt, tmp_path, capsys):
+    """A LLaVA checkpoint's held-out loss reads its data as a LLaVA run trains on it (`System.data_template`:
+    conversations with vicuna_v1, captions with plain; the splice's image tokens and `pad` aspect), not with
+    LLaMA-Adapter V2's templates: the summary equals the loss of the LLaVA training pipeline's batches."""
+    from ckpt_utils import random_params
+    from lav2_jax.core import presets
+    from lav2_jax.core.config import SpliceConfig
+    from lav2_jax.data import builder
+    from lav2_jax.data.pipeline import PipelineConfig
+    from lav2_jax.data.testing import write_image
+    from lav2_jax.eval.loss import system_fields
+    from lav2_jax.model.factory import build_model
+
+    # the placeholder id past the tokenizer's 64 pieces, inside the model's vocabulary (as LLaVA-1.5's 32000 < 32064)
+    splice = SpliceConfig(image_token_id=CFG.vocab_size, n_tokens=16, image_aspect_ratio="pad")
+    adapter = presets.get_adapter("none").replace(splice=splice)
+    model = build_model(CFG.replace(vocab_size=CFG.vocab_size + 1), adapter,
+                        presets.get_vision("tiny").replace(output_dim=0))
+    params = random_params(model)
+    llava = save_pretrained(str(tmp_path / "llava"), model, params, tokenizer=f"{ckpt}/tokenizer")
+    assert system_fields(adapter, "caption")["template"] == "plain"
+    rows = []
+    for i, (q, a) in enumerate([("What is it?", "a cat"), ("Which colour?", "red"), ("Where?", "on the mat")]):
+        write_image(str(tmp_path / "img" / f"{i}.png"), 40, 30, seed=i)
+        rows.append({"image": f"{i}.png", "conversations": [{"from": "human", "value": f"<image>\n{q}"},
+                                                             {"from": "gpt", "value": a}]})
+    rows.append({"conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]})
+    (tmp_path / "conv.json").write_text(json.dumps(rows))
+    ds = str(tmp_path / "ds")
+    builder.build("conversation", [builder.Source("conversation", str(tmp_path / "conv.json"),
+                                                  (("image_root", str(tmp_path / "img")),))], ds, progress=False)
+    s, _ = cli_loss(capsys, llava, ds, str(tmp_path / "out"), 512)
+    cfg = PipelineConfig(batch_size=2, max_len=512, shuffle=False, num_epochs=1, train=False, image_size=32,
+                         shard_index=0, shard_count=1, drop_remainder=False, system="llava", template="vicuna_v1",
+                         image_tokens=16, image_token_id=CFG.vocab_size, image_aspect="pad", augment=False)
+    total, count, batches = reference_loss(load_pretrained(llava), ds, cfg, with_images=True)
+    images = sum(int((b["tokens"] == CFG.vocab_size).sum()) // 16 for b in batches)
+    assert images == 3 and s["rows"] == 4 and s["tokens"] == count
+    np.testing.assert_allclose(s["loss"], total / count, rtol=1e-5)

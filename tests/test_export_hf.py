@@ -13,11 +13,11 @@ import torch
 from flax import traverse_util
 from transformers import LlamaForCausalLM
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import save_pretrained
 from lav2_jax.checkpoint.export.hf import export_hf
 from lav2_jax.checkpoint.pretrained import adapter_mask
-from lav2_jax.config import AdapterConfig
+from lav2_jax.core.config import AdapterConfig
 from lav2_jax.model.factory import build_model
 from ckpt_utils import random_params, write_sentencepiece
 from model_utils import random_tokens

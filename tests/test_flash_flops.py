@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax import aot, presets
+from lav2_jax.train import aot
+from lav2_jax.core import presets
 from lav2_jax.cli.main import main
-from lav2_jax.flops import analytic_forward_flops
+from lav2_jax.model.flops import analytic_forward_flops
 from lav2_jax.model.factory import build_model
 from lav2_jax.model.flash import splash_attention
 from tests import attention_reference as ref

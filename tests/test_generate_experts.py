@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from generate_helpers import tiny_bundle
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.inference import experts
 from lav2_jax.inference.experts import (CaptionExpert, ExpertUnavailable, OcrExpert, expert_prompt, get_expert,
                                         register_expert)

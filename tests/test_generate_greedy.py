@@ -50,7 +50,7 @@ def test_single_cpu_device_decodes_over_unstacked_layers():
     """On one CPU device generate() decodes with the unscanned model over unstacked weights (made once per bundle);
     under a mesh it keeps the scanned layout."""
     from lav2_jax.inference.generation import decode_view
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
 
     bundle = tiny_bundle("release-bias")
     generate(bundle, PROMPTS[:1], max_new_tokens=2, temperature=0)

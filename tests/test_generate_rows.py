@@ -38,12 +38,13 @@ def test_loop_ends_when_every_row_is_done():
     batch = prepare(bundle.model, tok, PROMPTS, max_new_tokens=3)
     assert batch.new_len == 16 and list(batch.budgets) == [3, 3, 3, 0]  # bucket of 4 rows: one padding row
     params, inputs = place(bundle.model, bundle.params, batch, None)
-    scalars = dict(key=np.zeros(2, np.uint32), temperature=np.float32(1), top_p=np.float32(1),
-                   eos_id=np.int32(-1), pad_id=np.int32(0))
-    state = engine.prefill_fn(bundle.model, True, batch.cache_len, batch.new_len, params, **inputs, **scalars)
-    state = engine.loop_fn(bundle.model, True, params, state, inputs["lengths"], inputs["budgets"], **scalars)
-    assert int(state["step"]) == 3  # not 16: the while loop stopped once all rows were done
-    assert list(np.asarray(state["count"])) == [3, 3, 3, 0]
+    spec = engine.SamplingSpec(key=np.zeros(2, np.uint32), temperature=np.float32(1), top_p=np.float32(1),
+                               eos_id=np.int32(-1), pad_id=np.int32(0), greedy=True, cache_len=batch.cache_len,
+                               new_len=batch.new_len)
+    state = engine.prefill_fn(bundle.model, spec, params, **inputs)
+    state = engine.loop_fn(bundle.model, spec, params, state)
+    assert int(state.step) == 3  # not 16: the while loop stopped once all rows were done
+    assert list(np.asarray(state.count)) == [3, 3, 3, 0]
 
 
 def test_padding_never_leaks():

@@ -1,4 +1,4 @@
-"""The release's top-p rule (DESIGN.md §3) on hand-made distributions, and seeded sampling in `generate`."""
+"""The release's top-p rule (docs/design.md §3.3.3) on hand-made distributions, and seeded sampling in `generate`."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ LOGITS = jnp.asarray(np.log(P), jnp.float32)[None]
 
 
 def rule(p: np.ndarray, top_p: float) -> np.ndarray:
-    """DESIGN §3 in numpy: sort desc, drop where cumsum - p_sorted > top_p, renormalise."""
+    """docs/design.md §3.3.3 in numpy: sort desc, drop where cumsum - p_sorted > top_p, renormalise."""
     order = np.argsort(-p, kind="stable")
     s = p[order]
     s = np.where(np.cumsum(s) - s > top_p, 0.0, s)

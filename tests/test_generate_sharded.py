@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent("""
     from generate_helpers import random_images, tiny_bundle
     from lav2_jax.inference import generate
     from lav2_jax.inference.generation import _param_shardings, find_mesh
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
 
     assert jax.device_count() == 2
     bundle = tiny_bundle("release-bias", vision=True)

@@ -1,10 +1,10 @@
-"""Loop trip counts of `lav2_jax.flops.hlo_flops` on hand-written HLO, and `lav2 compile` config overrides."""
+"""Loop trip counts of `lav2_jax.core.flops.hlo_flops` on hand-written HLO, and `lav2 compile` config overrides."""
 
 import pytest
 
 from lav2_jax.cli import compile as compile_cli
 from lav2_jax.cli.main import main
-from lav2_jax.flops import hlo_flops
+from lav2_jax.core.flops import hlo_flops
 
 # A 3-layer scan (s32 counter from 0 by 1) whose body holds an SPMD windowed einsum: a u32 counter from 0 by 2
 # below 4 (two shards per iteration, two iterations), one [8,16]x[16,32] dot per iteration inside a fusion.
@@ -112,7 +112,7 @@ def test_compile_override_of_wrong_type(capsys, bad):
 
 
 def test_v4_devices_are_tensorcores_sharing_a_chip():
-    from lav2_jax import aot
+    from lav2_jax.train import aot
 
     devices = aot.topology_devices("v4:2x2x1")  # v4-8: 4 chips, each described as 2 TensorCore devices
     assert len(devices) == 8 and len({tuple(d.coords) for d in devices}) == 4

@@ -1,4 +1,4 @@
-"""Host image preprocessing (DESIGN.md §1.3): PIL reference parity, BGR, augmentation, bad inputs."""
+"""Host image preprocessing (docs/design.md §3.2.4): PIL reference parity, BGR, augmentation, bad inputs."""
 
 import io
 

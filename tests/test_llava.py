@@ -17,7 +17,7 @@ import torch
 import lav2_jax
 from ckpt_utils import write_sentencepiece
 from ckpt_writers import perturbed
-from lav2_jax.checkpoint.convert.llava import convert_llava
+from lav2_jax.systems.llava.convert import convert_llava
 from lav2_jax.checkpoint.pretrained import load_pretrained
 
 PROMPT = "USER: <image>\nthe cat sat on the mat ASSISTANT:"

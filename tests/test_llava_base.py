@@ -20,15 +20,15 @@ import pytest
 import torch
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import load_pretrained, load_vision, read_config, save_adapter
 from lav2_jax.checkpoint.convert.clip import convert_clip
 from lav2_jax.checkpoint.convert.hf import convert_hf
 from lav2_jax.checkpoint.pretrained import Bundle
 from lav2_jax.cli.main import main
 from lav2_jax.inference.scoring import encode_images
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.synthetic import SyntheticStream
 from ckpt_writers import hf_clip, hf_llama, hf_logits, write_hf

@@ -3,7 +3,7 @@ JSON, and `lav2 data build --kind conversation` → the grain pipeline with visu
 
 Hand-worked expectations spell every sample out piece by piece: `E(text)` = a run's first piece (tokenizer dummy
 prefix, after BOS / an image / `</s>`), `C(text)` = a continuation, `IMG` = the image's placeholder run. vicuna_v1 is
-also checked against an independent re-implementation of LLaVA's own count-based rule (SEED_SYSTEMS.md §1.3
+also checked against an independent re-implementation of LLaVA's own count-based rule (docs/design.md §4.3
 "v1 masking": split on `</s>`, mask each round up to and including `" ASSISTANT: "` by token counts).
 """
 
@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from lav2_jax import conversation_templates as ct
+from lav2_jax.systems.llava import conversation as ct
 from lav2_jax.cli.main import main as lav2_main
-from lav2_jax.data import llava_samples
+from lav2_jax.systems.llava import samples as llava_samples
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
 from lav2_jax.data.testing import train_sentencepiece, write_image
 
@@ -68,7 +68,7 @@ def test_vicuna_v1_two_turns_with_image_hand_worked(tok):
 
 
 def _llava_v1_rule(tok, conversation: str, n_img: int):
-    """LLaVA's v1 masking by token counts (facts sheet §1.3), with a legacy-style tokenizer: `</s>` in text is the
+    """LLaVA's v1 masking by token counts (docs/design.md §4.3), with a legacy-style tokenizer: `</s>` in text is the
     EOS id and the text after it gets the dummy prefix; `<image>` splits the text into separately tokenized chunks
     (BOS kept for the first only) joined by one image slot, expanded to `n_img` placeholders at the end."""
     def text_ids(text):
@@ -191,7 +191,7 @@ def test_data_build_conversation_to_llava_batches(tmp_path, tok):
     assert [int(records[k]["image_turn"]) for k in sorted(records)] == [0, 0, -1]
     cfg = dict(batch_size=3, max_len=256, shuffle=False, num_epochs=1, train=True, image_size=16, shard_index=0,
                shard_count=1, image_tokens=N_IMG, image_token_id=IMG, image_aspect="pad")
-    batch = next(iter(Pipeline(out, tok, PipelineConfig(template="vicuna_v1", **cfg))))
+    batch = next(iter(Pipeline(out, tok, PipelineConfig(system="llava", template="vicuna_v1", **cfg))))
     order = [r["source"].decode() for r in open_source(out)]
     assert batch["has_image"].tolist() == [bool(open_source(out)[i]["has_image"]) for i in range(3)]
     expected_img = llava_samples.preprocess_image(str(tmp_path / "coco" / "a.png"), 16, "pad")
@@ -211,7 +211,7 @@ def test_data_build_conversation_to_llava_batches(tmp_path, tok):
     after = batch["tokens"][row][np.flatnonzero(batch["tokens"][row] == IMG)[-1] + 1:]
     head = tok.encode("\nWhat is this? ASSISTANT:")  # `<image>` moved to the front of its turn
     np.testing.assert_array_equal(after[:len(head)], head)
-    plain = list(Pipeline(out, tok, PipelineConfig(template="plain", **{**cfg, "batch_size": 1})))
+    plain = list(Pipeline(out, tok, PipelineConfig(system="llava", template="plain", **{**cfg, "batch_size": 1})))
     assert len(plain) == 2  # the text-only sample is no stage-1 sample: dropped and counted
     cap = [b for b in plain if tok.decode(b["targets"][0][b["loss_mask"][0] == 1]).startswith("a grey cat")]
     assert cap and (cap[0]["tokens"][0, 1:1 + N_IMG] == IMG).all()
@@ -228,17 +228,20 @@ def test_pad_to_square_fills_mean_colour():
 
 
 def test_inference_prompts_of_a_llava_checkpoint_use_vicuna_v1():
-    from lav2_jax import presets, system_templates
+    from lav2_jax.core import presets
+    from lav2_jax.core import templates
+    from lav2_jax.inference import prompts as system_templates
 
     adapter = presets.get_adapter("llava15")
     assert adapter.system == "llava"
     one = system_templates.instruction_prompt(adapter, "What is it?", image=True)
     assert one == ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                   "helpful, detailed, and polite answers to the user's questions. USER: <image>\nWhat is it? ASSISTANT:")
+                   "helpful, detailed, and polite answers to the user's questions. "
+                   "USER: <image>\nWhat is it? ASSISTANT:")
     two = system_templates.chat_prompt(adapter, [("human", "What is it?"), ("assistant", "A cat."),
                                                  ("human", "Colour?")], image=True)
     assert two.endswith("USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: Colour? ASSISTANT:")
     assert system_templates.chat_stop(adapter) == "</s>"
     assert "<image>" in system_templates.caption_prompt(adapter)
-    alpaca = system_templates.templates.alpaca("Is it red?")
+    alpaca = templates.alpaca("Is it red?")
     assert system_templates.from_alpaca(adapter, alpaca, image=True).endswith("USER: <image>\nIs it red? ASSISTANT:")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from lav2_jax.model.factory import abstract_params, build_model, init_params
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import state as state_lib
@@ -109,9 +109,9 @@ def test_lora_dropout_is_training_only(lora_model):
 SHARDED_SCRIPT = r"""
 import json, jax, numpy as np
 from flax import traverse_util
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from lav2_jax.model.factory import abstract_params
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.data import make_data
 from lav2_jax.train.mesh import global_batch
@@ -177,13 +177,13 @@ def test_demo_colour_question_heldout_accuracy(tmp_path):
     shared machine); asserted ≥ 0.5, twice chance."""
     from PIL import Image
 
-    from lav2_jax import conversation_templates as ct
+    from lav2_jax.systems.llava import conversation as ct
     from lav2_jax.cli.main import main as lav2_main
-    from lav2_jax.data import llava_samples
+    from lav2_jax.systems.llava import samples as llava_samples
     from lav2_jax.data.testing import train_sentencepiece
     from lav2_jax.data.tokenizer import load_tokenizer
     from lav2_jax.demo import scenes as sc
-    from lav2_jax.sharding import make_mesh
+    from lav2_jax.core.sharding import make_mesh
     from lav2_jax.train.data import make_data
     from lav2_jax.train.mesh import global_batch
 

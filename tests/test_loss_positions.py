@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax.sharding import LOGICAL_RULES, make_mesh
+from lav2_jax.core.sharding import LOGICAL_RULES, make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train import step as step_lib
 from lav2_jax.train.defaults import base_config
@@ -68,7 +68,7 @@ def test_equals_whole_row_loss_and_gradients_under_jit(inputs, vocab_chunk):
 
 def test_train_step_equal_with_and_without_position_chunks():
     """One step of the tiny text model on rows with prompts, responses and padding: same loss and parameters."""
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.model.factory import build_model
 
     cfg = presets.get_model("tiny")
@@ -88,3 +88,19 @@ def test_train_step_equal_with_and_without_position_chunks():
         out[chunk] = jax.device_get((new["params"], metrics["loss/train"], metrics["grad_norm/total"]))
     chex.assert_trees_all_close(out[P], out[0], atol=1e-5, rtol=1e-5)
     assert out[0][2] > 0
+
+
+@pytest.mark.parametrize("vocab_chunk", [0, 16])
+def test_masked_targets_outside_the_vocabulary_stay_finite(vocab_chunk):
+    """A spliced system's image placeholder may lie past the vocabulary (LLaVA: id 32000 over 32000 words); its
+    target carries no loss, and the loss must not turn NaN (which the step would drop as a non-finite stream)."""
+    rng = np.random.default_rng(0)
+    V, D = 64, 8
+    hidden = jnp.asarray(rng.normal(size=(2, 6, D)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, V, size=(2, 6)), jnp.int32)
+    mask = jnp.ones((2, 6), jnp.float32).at[:, 2:4].set(0.0)
+    total, n = token_loss_sums(hidden, kernel, targets, mask, vocab_chunk)
+    placeholder = targets.at[:, 2:4].set(V)  # past the vocabulary, masked
+    total_p, n_p = token_loss_sums(hidden, kernel, placeholder, mask, vocab_chunk)
+    chex.assert_trees_all_close((total_p, n_p), (total, n), atol=1e-6)

@@ -34,8 +34,8 @@ def env(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(batch_size=2, max_len=512, image_size=16, shard_index=0, shard_count=1, seed=3, template="vicuna_v1",
-                image_tokens=N_IMG, image_token_id=IMG, image_aspect="pad", augment=False,
+    base = dict(batch_size=2, max_len=512, image_size=16, shard_index=0, shard_count=1, seed=3, system="llava",
+                template="vicuna_v1", image_tokens=N_IMG, image_token_id=IMG, image_aspect="pad", augment=False,
                 group_by_modality_length=True)
     return PipelineConfig(**{**base, **kw})
 

@@ -1,11 +1,11 @@
-"""Hand-checked adapters: non-zero bias/scale/LoRA/gates against plain-numpy references of DESIGN.md §1.2."""
+"""Hand-checked adapters: non-zero bias/scale/LoRA/gates against plain-numpy references of docs/design.md §3.1."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model.adapted_dense import AdaptedDense
 from lav2_jax.model.attention import Attention
 from model_utils import TINY, perturb_adapters, unbox

@@ -2,7 +2,7 @@
 
 The frozen-base guarantee is checked on the state and the step the trainer builds (`lav2_jax.train.state.build`,
 allocated abstractly): the trainable tree, the frozen tree and the optimizer state against a per-recipe list of
-trainable leaves written out below (from the recipes' definitions, not from `lav2_jax.param_groups`), and the traced
+trainable leaves written out below (from the recipes' definitions, not from `lav2_jax.core.param_groups`), and the traced
 train step for any matrix product that yields a frozen weight's gradient."""
 
 import os
@@ -15,9 +15,9 @@ import pytest
 from flax import traverse_util
 from jax.extend import core as jcore
 
-from lav2_jax import param_groups as pg
 from lav2_jax.cli.train import load_config
-from lav2_jax.sharding import LOGICAL_RULES, make_mesh
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core.sharding import LOGICAL_RULES, make_mesh
 from lav2_jax.train import state as state_lib
 from model_utils import perturb_adapters, random_tokens, tiny, visual_kwargs
 from train_utils import ROOT

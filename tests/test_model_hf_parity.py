@@ -6,7 +6,7 @@ Tolerance: max-abs ≤ 1e-5 on float32 logits (full-precision matmuls on CPU).
 import numpy as np
 import pytest
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model.factory import build_model
 from ckpt_writers import hf_llama, hf_logits
 from model_utils import hf_llama_to_params, random_tokens

@@ -1,4 +1,4 @@
-"""Every adapter preset is the identity at init: adapted logits equal the frozen base model's (DESIGN.md §1.2)."""
+"""Every adapter preset is the identity at init: adapted logits equal the frozen base model's (docs/design.md §3.1)."""
 
 import chex
 import jax

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.model.adapted_dense import AdaptedDense
 from lav2_jax.model.attention import Attention
 from lav2_jax.model.factory import build_model, init_params
@@ -76,7 +76,7 @@ def test_every_parameter_has_logical_axes():
     from flax import traverse_util
 
     from lav2_jax.model.factory import abstract_params
-    from lav2_jax.sharding import LOGICAL_RULES
+    from lav2_jax.core.sharding import LOGICAL_RULES
 
     known = {name for name, _ in LOGICAL_RULES}
     model = build_model(TINY, presets.tiny_adapter("release-lora-bias"), presets.get_vision("tiny"))

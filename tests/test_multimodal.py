@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets
 from lav2_jax.model.factory import build_model, init_params
 from model_utils import TINY, base_subset, perturb_adapters, random_tokens, tiny
 

@@ -1,8 +1,8 @@
-"""mPLUG-Owl's templates, masking and data (SEED_SYSTEMS.md §3.3): `lav2 data build --kind owl` → the pipeline.
+"""mPLUG-Owl's templates, masking and data (docs/design.md §5.3): `lav2 data build --kind owl` → the pipeline.
 
 Proves: the generation prompt is the release's text exactly; a jsonl of Owl objects (`text` + `image` list) builds
 with text-only and multi-image samples kept and mismatched / misplaced-image samples skipped with counted reasons;
-read back through the pipeline with `template="owl"`, every sample is BOS + separately tokenized text chunks with
+read back through the pipeline with `system="owl"`, every sample is BOS + separately tokenized text chunks with
 Q + 1 placeholder ids at each `<image>` (in place), loss exactly on each answer and the EOS after it (never on the
 system text, `Human:` turns, role tags, image tokens or padding); image j of a sample fills slot j of `images`
 [B, max_images, ...] (padding slots zero and marked False), a sample with more images than slots is dropped and
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lav2_jax import owl_templates as ot
+from lav2_jax.systems.owl import templates as ot
 from lav2_jax.cli.main import main as lav2_main
 from lav2_jax.data import images
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
@@ -79,7 +79,7 @@ def built(tmp_path_factory):
 
 def _pipeline(out, tok, **kw):
     cfg = dict(batch_size=1, max_len=512, shuffle=False, num_epochs=1, train=False, image_size=SIZE, shard_index=0,
-               shard_count=1, template="owl", image_tokens=N_TOK, image_token_id=PID)
+               shard_count=1, system="owl", image_tokens=N_TOK, image_token_id=PID)
     return Pipeline(out, tok, PipelineConfig(**{**cfg, **kw}))
 
 
@@ -169,7 +169,9 @@ def test_augment_false_gives_the_evaluation_resize(built, tok):
 def test_system_prompt_dispatch():
     """Front ends render prompts per system: Owl's Human/AI format (with `<image>` when an image is given),
     LLaMA-Adapter V2's Alpaca / ### formats unchanged; the benchmarks' Alpaca prompts are re-rendered for Owl."""
-    from lav2_jax import presets, system_templates as st, templates
+    from lav2_jax.core import presets
+    from lav2_jax.inference import prompts as st
+    from lav2_jax.core import templates
 
     owl, lav2 = presets.get_adapter("owl"), presets.get_adapter("paper")
     assert st.instruction_prompt(owl, "Is it red?", image=True) == ot.prompt("Is it red?", image=True)

@@ -1,7 +1,7 @@
-"""mPLUG-Owl's vision model, visual abstractor and in-place splice (SEED_SYSTEMS.md §3.1–3.3).
+"""mPLUG-Owl's vision model, visual abstractor and in-place splice (docs/design.md §5.1–5.3).
 
 Proves, in float32 at max-abs ≤ 1e-5: the vision model and the abstractor reproduce a numpy reference written from
-the facts sheet on released-format tensors; the per-head `[q_h, k_h, v_h]` layout differs from CLIP's blocked
+docs/design.md §5.1–5.2 on released-format tensors; the per-head `[q_h, k_h, v_h]` layout differs from CLIP's blocked
 `[q; k; v]` (hand-checked permutation; the unpermuted weights give another answer); CLIP weights mapped with the
 re-order reproduce Hugging Face `CLIPVisionModel` (post-LN on every token) and our CLIP tower (`… @ proj`) when
 the eps agree; the abstractor's residual is taken from the *normed* queries; each image gives queries + 1 tokens
@@ -19,14 +19,14 @@ import torch
 from flax import traverse_util
 
 from lav2_jax.checkpoint.convert.clip import clip_plan, open_clip
-from lav2_jax.checkpoint.convert.owl import abstractor_plan, clip_owl_plan, owl_vision_plan
+from lav2_jax.systems.owl.convert import abstractor_plan, clip_owl_plan, owl_vision_plan
 from lav2_jax.checkpoint.convert.sources import TensorFile
-from lav2_jax.config import AdapterConfig
-from lav2_jax.model.abstractor import VisualAbstractor
+from lav2_jax.core.config import AdapterConfig
+from lav2_jax.systems.owl.abstractor import VisualAbstractor
 from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.model.factory import build_model, init_params
-from lav2_jax.model.owl import owl_splice
-from lav2_jax.model.owl_vision import OwlVisionModel, blocked_to_per_head, per_head_to_blocked
+from lav2_jax.systems.owl.visual import owl_splice
+from lav2_jax.systems.owl.vision import OwlVisionModel, blocked_to_per_head, per_head_to_blocked
 from ckpt_writers import hf_clip, hf_llama, openai_clip_state_dict
 from model_utils import hand_splice, logits_from_embeddings
 from owl_writers import ABSTRACTOR, LLM, VISION, materialize, ref_abstractor, ref_vision, released_owl_state
@@ -113,7 +113,8 @@ def test_abstractor_matches_reference(released):
     assert ours.shape == (3, ABSTRACTOR.num_queries + 1, LLM.dim)
     assert np.abs(ours - ref).max() <= ATOL, np.abs(ours - ref).max()
     np.testing.assert_array_equal(ours[:, -1], np.broadcast_to(sd["abstractor.vit_eos"].numpy()[0], (3, LLM.dim)))
-    dropped = np.asarray(abstractor.apply({"params": params["abstractor"]}, visual, rngs={"dropout": jax.random.key(0)}))
+    dropped = np.asarray(abstractor.apply({"params": params["abstractor"]}, visual,
+                                          rngs={"dropout": jax.random.key(0)}))
     assert np.abs(dropped - ours).max() > 1e-3  # attention dropout only with a dropout rng (training)
 
 

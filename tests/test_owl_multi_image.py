@@ -1,4 +1,4 @@
-"""mPLUG-Owl samples with several images (SEED_SYSTEMS.md §3.3: several ``Human: <image>`` lines), model side.
+"""mPLUG-Owl samples with several images (docs/design.md §5.3: several ``Human: <image>`` lines), model side.
 
 Proves, on a tiny random Owl model in float32 (max-abs ≤ 1e-5): image j of a sample (slot j of `images`
 [B, N, H, W, 3]) is encoded on its own and its Q + 1 abstractor tokens land on the sample's j-th placeholder run;
@@ -18,14 +18,14 @@ import pytest
 from flax import traverse_util
 
 from ckpt_utils import random_params
-from lav2_jax.config import AdapterConfig
+from lav2_jax.core.config import AdapterConfig
 from lav2_jax.data.packing import DROPPED_KEY, Packer
 from lav2_jax.data.pipeline import _PadToBucket
 from lav2_jax.model import splice
-from lav2_jax.model.abstractor import VisualAbstractor
+from lav2_jax.systems.owl.abstractor import VisualAbstractor
 from lav2_jax.model.factory import build_model
-from lav2_jax.model.owl import owl_splice, owl_visual_tokens
-from lav2_jax.model.owl_vision import OwlVisionModel
+from lav2_jax.systems.owl.visual import owl_splice, owl_visual_tokens
+from lav2_jax.systems.owl.vision import OwlVisionModel
 from lav2_jax.train.loss import token_cross_entropy
 from owl_writers import ABSTRACTOR, LLM, VISION
 

@@ -1,4 +1,4 @@
-"""mPLUG-Owl recipes (SEED_SYSTEMS.md §3.4) on `configs/tiny_owl.py`: each trains exactly its groups.
+"""mPLUG-Owl recipes (docs/design.md §5.4) on `configs/tiny_owl.py`: each trains exactly its groups.
 
 Proves: `owl-stage1` labels every `owl_vision/...` and `abstractor/...` leaf trainable (the vision tower trains:
 frozen vision is not assumed) and every LLM leaf frozen, and one real train step changes vision and abstractor
@@ -12,9 +12,9 @@ import importlib.util
 import jax
 import numpy as np
 
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from lav2_jax.model.factory import abstract_params
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.data import make_data
 from lav2_jax.train.mesh import global_batch

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.data import builder
 from lav2_jax.data.packing import DROPPED_KEY, Packer
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from ckpt_utils import random_params
-from lav2_jax import presets
-from lav2_jax.config import SpliceConfig
-from lav2_jax.data import builder, llava_samples
+from lav2_jax.core import presets
+from lav2_jax.core.config import SpliceConfig
+from lav2_jax.data import builder
+from lav2_jax.systems.llava import samples as llava_samples
 from lav2_jax.data.packing import DROPPED_KEY, Packer
 from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
 from lav2_jax.data.testing import train_sentencepiece, write_image, write_jsonl
@@ -122,7 +123,7 @@ def test_packed_llava_pipeline_fills_image_slots_in_segment_order(dataset):
     d, out, tok = dataset
     n_img, img_id = 3, 500
     cfg = PipelineConfig(batch_size=2, max_len=512, image_size=16, shard_index=0, shard_count=1, seed=1,
-                         num_epochs=1, drop_remainder=False, template="vicuna_v1", image_tokens=n_img,
+                         num_epochs=1, drop_remainder=False, system="llava", template="vicuna_v1", image_tokens=n_img,
                          image_token_id=img_id, image_aspect="pad", augment=False, packing=True, max_segments=2)
     by_answer = {r["values"][-1].decode(): r for r in open_source(out)}
     seen, texts_in_rows = set(), 0

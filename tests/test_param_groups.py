@@ -1,11 +1,16 @@
-"""The ordered regex table of parameter groups (DESIGN.md §2)."""
+"""Parameter groups (docs/design.md §6): each system's named recipes (ordered rules) and the engine that applies them;
+the recipes label every parameter of every built-in model exactly as the former 11-column table did."""
+
+import importlib.util
+import re
 
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
-from lav2_jax.model.factory import abstract_params, build_model
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets, registry
+from lav2_jax.model.factory import abstract_params, build_model, unscanned
+from lav2_jax.train import state as state_lib
 from model_utils import TINY
 
 VISION = presets.get_vision("tiny")
@@ -85,3 +90,82 @@ def test_split_merge_round_trip_and_disjoint():
 def test_unknown_recipe_is_named():
     with pytest.raises(ValueError, match="unknown recipe 'bogus'"):
         pg.label_for("norm/scale", "bogus")
+
+
+# ---- the former table, kept as the reference the per-system recipes must reproduce label for label ----
+_C, _I, _F = "caption", "instruction", "frozen"
+OLD_RECIPES = ("paper-joint", "release-pretrain", "release-finetune", "chat65b", "all-adapters", "llava-stage1",
+               "llava-stage2", "llava-lora", "owl-stage1", "owl-stage2", "owl-stage2-abstractor")
+OLD_NORM_TUNING_RECIPES = OLD_RECIPES[:5]
+OLD_NORM_PATTERN = r"(^|/)(attention_norm|ffn_norm|norm)/scale$"
+OLD_LLM_PATTERN = r"^(tok_embeddings|layers(_\d+)?|norm|output)/"
+OLD_GROUP_TABLE = (
+    (r"^clip/",                              (_F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F)),
+    (r"^owl_vision/",                        (_F, _F, _F, _F, _F, _F, _F, _F, _C, _F, _F)),
+    (r"^abstractor/",                        (_F, _F, _F, _F, _I, _F, _F, _F, _C, _F, _C)),
+    (r"^mm_projector/",                      (_F, _F, _F, _F, _I, _C, _C, _C, _F, _F, _F)),
+    (r"^connector/",                         (_C, _C, _F, _F, _I, _F, _F, _F, _F, _F, _F)),
+    (r"^visual_gate$",                       (_C, _C, _F, _F, _I, _F, _F, _F, _F, _F, _F)),
+    (r"^adapter_query$",                     (_I, _C, _F, _F, _I, _F, _F, _F, _F, _F, _F)),
+    (r"/attention/(gate|new_gate)$",         (_I, _C, _F, _F, _I, _F, _F, _F, _F, _F, _F)),
+    (r"/lora_[ab]$",                         (_I, _F, _I, _F, _I, _F, _I, _I, _F, _I, _I)),
+    (OLD_NORM_PATTERN,                       (_I, _F, _I, _I, _I, _F, _I, _F, _F, _F, _F)),
+    (r"/w[qkvo123]/(bias|scale)$",           (_I, _F, _I, _I, _I, _F, _I, _F, _F, _F, _F)),
+    (OLD_LLM_PATTERN,                        (_F, _F, _F, _F, _F, _F, _I, _F, _F, _F, _F)),
+    (r".*",                                  (_F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F)),
+)
+
+
+def old_label(path, recipe, norm_tuning):
+    if not norm_tuning and recipe in OLD_NORM_TUNING_RECIPES and re.search(OLD_NORM_PATTERN, path):
+        return _F
+    col = OLD_RECIPES.index(recipe)
+    return next(row[col] for pattern, row in OLD_GROUP_TABLE if re.search(pattern, path))
+
+
+def _config(name, lora_rank):
+    spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.model.lora.update(rank=lora_rank, alpha=2.0 * lora_rank)
+    return c
+
+
+def _builtin_paths() -> dict:
+    """{model name: parameter paths} of the tiny models of every built-in system (stacked and unstacked layers)."""
+    models = {name: build_model(TINY, presets.tiny_adapter(name), VISION)
+              for name in ("paper", "release-bias", "release-lora-bias")}
+    models["chat65b"] = build_model(TINY, presets.tiny_adapter("chat65b"))
+    models.update({name: build_model(TINY, presets.get_adapter(name)) for name in ("lora", "none")})
+    models["paper-unscanned"] = unscanned(models["paper"])
+    for name in ("tiny_llava", "tiny_owl"):
+        mc = _config(name, lora_rank=4).model
+        mc.lora.targets = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+        models[name] = state_lib.model_from_config(mc)
+    return {name: [pg.path_str(k) for k in traverse_util.flatten_dict(abstract_params(m))]
+            for name, m in models.items()}
+
+
+def test_recipes_belong_to_their_systems():
+    assert list(registry.recipes()) == list(OLD_RECIPES)
+    assert {n: list(registry.recipes(n)) for n in registry.names()[:3]} == {
+        "lav2": list(OLD_RECIPES[:5]), "llava": list(OLD_RECIPES[5:8]), "owl": list(OLD_RECIPES[8:])}
+    assert [r for r, rec in registry.recipes().items() if rec.norm_tuning] == list(OLD_NORM_TUNING_RECIPES)
+    assert [r for r, rec in registry.recipes().items() if rec.full_finetune] == ["llava-stage2"]
+
+
+def test_recipes_label_every_builtin_parameter_as_the_former_table():
+    paths = _builtin_paths()
+    assert {p.split("/")[0] for ps in paths.values() for p in ps} >= {
+        "clip", "owl_vision", "abstractor", "mm_projector", "connector", "visual_gate", "adapter_query",
+        "tok_embeddings", "layers", "layers_0", "norm", "output"}
+    checked = 0
+    for name, ps in paths.items():
+        for recipe in OLD_RECIPES:
+            for norm_tuning in (True, False):
+                for path in ps:
+                    assert pg.label_for(path, recipe, norm_tuning) == old_label(path, recipe, norm_tuning), (
+                        name, recipe, norm_tuning, path)
+                    checked += 1
+    assert checked > 5000

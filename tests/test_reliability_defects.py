@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lav2_jax.sharding import LOGICAL_RULES, make_mesh
+from lav2_jax.core.sharding import LOGICAL_RULES, make_mesh
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import state as state_lib
 from lav2_jax.train import step as step_lib
@@ -98,18 +98,17 @@ def test_skipped_group_schedule_stays_in_step_with_the_global_step(clipped):
 
 def test_channel_order_defaults_to_the_base_checkpoints(tmp_path, monkeypatch):
     """Training over a BGR base (converted release weights) feeds BGR images unless the config says otherwise."""
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint.layout import CheckpointConfig, write_config
-    from lav2_jax.data import pipeline as pipeline_lib
-    from lav2_jax.data import tokenizer as tokenizer_lib
     from lav2_jax.train import data as data_lib
 
     write_config(str(tmp_path), CheckpointConfig(model=presets.get_model("tiny"), adapter=None,
                                                  vision=presets.get_vision("tiny"), channel_order="bgr"))
     seen = []
-    monkeypatch.setattr(pipeline_lib, "Pipeline", lambda path, tok, pc: seen.append(pc.channel_order) or iter(()))
-    monkeypatch.setattr(tokenizer_lib, "load_tokenizer", lambda path: None)
-    model = types.SimpleNamespace(vision=presets.get_vision("tiny"), adapter=types.SimpleNamespace(splice=None))
+    monkeypatch.setattr(data_lib, "Pipeline", lambda path, tok, pc: seen.append(pc.channel_order) or iter(()))
+    monkeypatch.setattr(data_lib, "load_tokenizer", lambda path: None)
+    adapter = types.SimpleNamespace(splice=None, system="lav2")
+    model = types.SimpleNamespace(vision=presets.get_vision("tiny"), adapter=adapter)
     setup = types.SimpleNamespace(model=model,
                                   global_batch={"instruction": 2}, streams=step_lib.recipe_streams("finetune"))
     config = tiny_config(f"--config.model.base_checkpoint={tmp_path}", "--config.data.source=pipeline",
@@ -147,7 +146,7 @@ def test_clip_heads_for_a_width_that_is_not_a_multiple_of_64(tmp_path, capsys):
     import torch
 
     from ckpt_writers import hf_clip, hf_clip_tokens, openai_clip_state_dict
-    from lav2_jax import presets
+    from lav2_jax.core import presets
     from lav2_jax.checkpoint import load_vision
     from lav2_jax.cli.main import main
 

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.checkpoint import load_pretrained
 from lav2_jax.cli.main import main
 from lav2_jax.serve.app import ServeSettings, create_app

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from ckpt_utils import random_params, write_sentencepiece
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint.layout import CheckpointConfig
-from lav2_jax.config import AdapterConfig, SpliceConfig
+from lav2_jax.core.config import AdapterConfig, SpliceConfig
 from lav2_jax.data.image_prompt import ImagePromptTokenizer
 from lav2_jax.data.tokenizer import load_tokenizer
 from lav2_jax.model import splice
@@ -68,7 +68,7 @@ def test_labels_masked_at_image_positions():
 def encode(llava):
     """images [M, H, W, 3] → visual tokens [M, N_TOK, D] from the visual encoder alone (CLIP layer, projector)."""
     model, params = llava
-    fn = jax.jit(VisualTokens(model.config, model.adapter, model.vision).apply)
+    fn = jax.jit(VisualTokens.of(model).apply)
     return lambda images: np.asarray(fn({"params": params}, images))
 
 
@@ -162,8 +162,12 @@ def test_placeholder_and_config_checks():
         splice.count_images([1] + [IMG] * 5, IMG, N_TOK)
     with pytest.raises(ValueError, match="row 1: the prompt holds 0"):
         splice.check_placeholders(np.array([_row([1], 1, []), [1] * (N_TOK + 2)]), IMG, N_TOK, [1, 1])
-    with pytest.raises(ValueError, match="n_tokens=10"):
-        SpliceConfig(n_tokens=10).check(VISION)
+    with pytest.raises(ValueError, match="n_tokens=10"):  # LLaVA's own check (System.check_configs)
+        build_model(presets.get_model("tiny"), presets.get_adapter("none").replace(splice=SpliceConfig(n_tokens=10)),
+                    VISION)
+    with pytest.raises(ValueError, match="unknown system 'bogus'"):
+        build_model(presets.get_model("tiny"), presets.get_adapter("none").replace(
+            splice=SpliceConfig(system="bogus")), VISION)
     with pytest.raises(ValueError, match="visual_fusion must be 'none'"):
         AdapterConfig(splice=SpliceConfig())
     with pytest.raises(ValueError, match="projector"):

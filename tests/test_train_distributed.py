@@ -1,4 +1,4 @@
-"""Sharded and multi-process training agree with one device / one process (DESIGN.md §5)."""
+"""Sharded and multi-process training agree with one device / one process (docs/design.md §8)."""
 
 import json
 import os
@@ -14,7 +14,7 @@ STEPS = 6
 
 SHARDED_SCRIPT = r"""
 import json, sys, jax, numpy as np
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train import state as state_lib
 from lav2_jax.train.data import make_data
 from lav2_jax.train.mesh import global_batch

@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax.sharding import LOGICAL_RULES, make_mesh
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core.sharding import LOGICAL_RULES, make_mesh
 from lav2_jax.train import loss as loss_lib
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import state as state_lib
@@ -174,8 +174,8 @@ def test_non_finite_loss_keeps_that_group(joint):
     assert not changed(before["instruction"], after["instruction"])
     # moments and Adam's count are kept; only the schedule count advances with the global step (it stays in step)
     kept = optim.with_schedule_count(host["opt_state"], ("instruction",), 2).inner_states["instruction"]
-    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, kept,
-                                                         jax.device_get(state["opt_state"].inner_states["instruction"])))
+    after_instruction = jax.device_get(state["opt_state"].inner_states["instruction"])
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, kept, after_instruction))
     assert changed(before["caption"], after["caption"])
 
 

@@ -12,7 +12,7 @@ import types
 import pytest
 
 from ckpt_utils import random_params, write_sentencepiece
-from lav2_jax import presets
+from lav2_jax.core import presets
 from lav2_jax.checkpoint import load_pretrained, save_pretrained
 from lav2_jax.cli.main import main
 from lav2_jax.data.testing import train_sentencepiece

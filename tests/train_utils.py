@@ -40,7 +40,8 @@ def train_cmd(workdir: str, *overrides: str) -> list[str]:
             "--config.log.progress=False", *overrides]
 
 
-def run_train(workdir: str, *overrides: str, devices: int = 1, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+def run_train(workdir: str, *overrides: str, devices: int = 1, timeout: int = 300,
+              **env) -> subprocess.CompletedProcess:
     return subprocess.run(train_cmd(workdir, *overrides), env=subprocess_env(devices, **env), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 

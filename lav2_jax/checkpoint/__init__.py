@@ -1,4 +1,4 @@
-"""Checkpoints: the orbax format, `load_pretrained`, and PyTorch conversion / export (DESIGN.md §4).
+"""Checkpoints: the orbax format, `load_pretrained`, and PyTorch conversion / export (docs/design.md §7).
 
 Public API (imported lazily, so `import lav2_jax.checkpoint` stays free of jax/orbax until used):
   save_pretrained, load_pretrained, save_adapter, load_adapter, Bundle,

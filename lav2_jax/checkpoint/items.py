@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from lav2_jax.param_groups import path_str
+from lav2_jax.core.param_groups import path_str
 
 
 class CheckpointReadError(ValueError):
@@ -56,7 +56,8 @@ def quiet_failed_reads() -> None:
     `Task exception was never retrieved` or, for TensorStore's own futures, `Future exception was never retrieved`
     (the `asyncio` logger) and its suspended coroutines, closed at exit, print
     `Exception ignored in: <coroutine ...>` (`sys.unraisablehook`). Both are dropped, for orbax's own tasks and
-    coroutines and TensorStore's read futures only, from the first failure on; the failure itself is reported as a `CheckpointReadError`."""
+    coroutines and TensorStore's read futures only, from the first failure on; the failure itself is reported as a
+    `CheckpointReadError`."""
     global _QUIET
     if not _QUIET:
         _QUIET = True

@@ -2,12 +2,15 @@
 
 A checkpoint directory:
 
-  config.json   {"format_version", "model": ModelConfig fields, "adapter": AdapterConfig fields,
+  config.json   {"format_version", "system": the adapter's system (`lav2`, `llava`, `owl`, ...; null without an
+                 adapter), "model": ModelConfig fields, "adapter": AdapterConfig fields,
                  "vision": VisionConfig fields | null, "channel_order": "rgb" | "bgr", "items": ["base", "adapter"],
                  "base": absolute path of the base checkpoint | null (adapter-only checkpoints), "meta": {...}}
+                A config.json without "system" (written before it was recorded) reads the same: the system follows
+                from the adapter (`AdapterConfig.system`).
   tokenizer/    a copy of `tokenizer.model` (sentencepiece) or of a Hugging Face tokenizer directory (optional)
   base/         orbax item: the frozen leaves (LLaMA kernels and embeddings, CLIP; norms when not tuned)
-  adapter/      orbax item: every leaf that recipe `all-adapters` trains (DESIGN.md §2), so that an adapter
+  adapter/      orbax item: every leaf that recipe `all-adapters` trains (docs/design.md §6.3), so that an adapter
                 (tens of MB) is saved, shared and restored alone
 
 Item leaves are keyed by the model's parameter paths (`layers/attention/wq/kernel`, stacked on the layer axis,
@@ -22,7 +25,7 @@ import json
 import os
 from typing import Any, Optional
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -54,12 +57,18 @@ class CheckpointConfig:
         if self.channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order={self.channel_order!r} not in {CHANNEL_ORDERS}")
 
+    @property
+    def system(self) -> Optional[str]:
+        """The registered system (`lav2_jax.core.registry`) of the adapter; None for a vision-only checkpoint."""
+        return None if self.adapter is None else self.adapter.system
+
     def replace(self, **kw) -> "CheckpointConfig":
         return dataclasses.replace(self, **kw)
 
     def to_json(self) -> dict:
         return {
             "format_version": self.format_version,
+            "system": self.system,
             "model": dataclasses.asdict(self.model) if self.model is not None else None,
             "adapter": _listify(dataclasses.asdict(self.adapter)) if self.adapter is not None else None,
             "vision": dataclasses.asdict(self.vision) if self.vision is not None else None,
@@ -78,13 +87,16 @@ class CheckpointConfig:
             adapter = dict(d["adapter"]) if d.get("adapter") else None
             if adapter and "lora_targets" in adapter:
                 adapter["lora_targets"] = tuple(adapter["lora_targets"])
-            return cls(model=ModelConfig(**d["model"]) if d.get("model") else None,
-                       adapter=AdapterConfig(**adapter) if adapter else None,
-                       vision=VisionConfig(**d["vision"]) if d.get("vision") else None,
-                       channel_order=d.get("channel_order", "rgb"), items=tuple(d.get("items", ITEMS)),
-                       base=d.get("base"), meta=dict(d.get("meta") or {}), format_version=version)
+            config = cls(model=ModelConfig(**d["model"]) if d.get("model") else None,
+                         adapter=AdapterConfig(**adapter) if adapter else None,
+                         vision=VisionConfig(**d["vision"]) if d.get("vision") else None,
+                         channel_order=d.get("channel_order", "rgb"), items=tuple(d.get("items", ITEMS)),
+                         base=d.get("base"), meta=dict(d.get("meta") or {}), format_version=version)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{where}: malformed checkpoint config: {e}") from None
+        if d.get("system") is not None and d["system"] != config.system:  # absent: written before it was recorded
+            raise ValueError(f"{where}: names system {d['system']!r} but its adapter is of system {config.system!r}")
+        return config
 
 
 def _listify(d: dict) -> dict:

@@ -6,7 +6,7 @@
       adapter item only; config.json records `base`, so `load_pretrained(out_dir)` finds the frozen weights.
   load_pretrained(path, mesh=None, dtype=None, adapter=None, layout="scanned") -> Bundle(model, params, tokenizer,
                   config)
-      every leaf restored straight onto its NamedSharding (`lav2_jax.sharding.logical_shardings`) when a mesh is
+      every leaf restored straight onto its NamedSharding (`lav2_jax.core.sharding.logical_shardings`) when a mesh is
       given, else onto the first device. `dtype="float32"` stores and computes everything in float32.
       `adapter=DIR` overlays an adapter item saved separately (its adapter/vision config wins). A tokenizer with
       more pieces than the model's vocab_size is a `lav2_jax.data.tokenizer.VocabularyError`, before any weight is read.
@@ -25,13 +25,18 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
 from lav2_jax.checkpoint.atomic import atomic_directory
 from lav2_jax.checkpoint.items import item_shapes, restore_item, save_item
 from lav2_jax.checkpoint.layout import (ADAPTER_ITEM, ADAPTER_RECIPE, BASE_ITEM, TOKENIZER_DIR, CheckpointConfig,
                                         check_same_base, read_config, write_config)
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core.sharding import logical_shardings
+from lav2_jax.data.image_prompt import load_image_tokenizer
+from lav2_jax.data.tokenizer import check_vocab, load_tokenizer
+from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.model.factory import abstract_params, build_model, unscanned, unstack_layers
 
 
@@ -174,7 +179,6 @@ def target_structs(model, mesh=None, boxed=None) -> dict[tuple, jax.ShapeDtypeSt
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = {k: device for k in shapes}
     else:
-        from lav2_jax.sharding import logical_shardings
         shardings = traverse_util.flatten_dict(logical_shardings(boxed, mesh))
     return {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shardings[k]) for k, s in shapes.items()}
 
@@ -245,8 +249,6 @@ LAYOUTS = ("scanned", "unstacked")
 
 def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None, layout: str = "scanned") -> Bundle:
     """Loads a checkpoint written by `save_pretrained` / `save_adapter` / `lav2 convert` (see module docstring)."""
-    from lav2_jax.data.tokenizer import check_vocab, load_tokenizer
-
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
     if layout == "unstacked" and mesh is not None:
@@ -265,7 +267,6 @@ def load_pretrained(path, mesh=None, dtype: Optional[str] = None, adapter=None, 
         model = unscanned(model)
         config = config.replace(model=model.config)
     if tokenizer is not None and model.adapter.splice is not None:  # `<image>` → the splice's placeholder ids
-        from lav2_jax.data.image_prompt import load_image_tokenizer
         tokenizer = load_image_tokenizer(tok_dir, model.adapter.splice)
     return Bundle(model=model, params=params, tokenizer=tokenizer, config=config)
 
@@ -285,10 +286,6 @@ def load_adapter(path, mesh=None) -> dict:
 
 def load_vision(path, mesh=None, dtype: Optional[str] = None):
     """(CLIPVisionTower, params) from a vision-only checkpoint written by `lav2 convert clip`."""
-    import jax.numpy as jnp
-
-    from lav2_jax.model.clip import CLIPVisionTower
-
     path = os.path.abspath(os.fspath(path))
     config = with_dtype(read_config(path), dtype)
     if config.vision is None:

@@ -1,4 +1,4 @@
-"""`lav2 compile`: ahead-of-time compile for a TPU topology and print per-chip memory (DESIGN.md §5).
+"""`lav2 compile`: ahead-of-time compile for a TPU topology and print per-chip memory (docs/design.md §8.2).
 
     lav2 compile --config configs/joint_7b.py --topology v5e:2x4            # the training step of a train config
     lav2 compile --model llama1-7b --adapter release-bias --topology v5e:2x4 --batch 8 --seq 512   # a forward pass
@@ -13,13 +13,19 @@ policy, `--accum-steps` its micro-batches, and any `--config.<key>=<value>` its 
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import json
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.train import accept_config_overrides, load_config
+from lav2_jax.core import presets
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="a `lav2 train` config file: compile its training step")
-    p.add_argument("--model", default=None, help="model preset (lav2_jax.presets): compile a forward pass")
+    p.add_argument("--model", default=None, help="model preset (lav2_jax.core.presets): compile a forward pass")
     p.add_argument("--adapter", default="none", help="adapter preset")
     p.add_argument("--vision", default=None, help="vision preset for visual adapters (default vit-l-14; the "
                    "system's tower for llava / owl presets, as in `lav2 info`)")
@@ -38,14 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default=None, choices=("xla", "flash"),
                    help="attention implementation (flash: the Pallas TPU splash kernel); default: the config's")
     p.add_argument("--json", action="store_true", help="print JSON")
-    from lav2_jax.cli.train import accept_config_overrides
-
     accept_config_overrides(p)  # with --config: --config.<key>=<value> overrides, as in `lav2 train`
 
 
 def _mesh_sizes(text: str) -> tuple[int, int, int]:
-    from lav2_jax.cli.main import UserError
-
     try:
         sizes = tuple(int(x) for x in text.split(","))
     except ValueError:
@@ -56,8 +58,6 @@ def _mesh_sizes(text: str) -> tuple[int, int, int]:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     if (args.config is None) == (args.model is None):
         raise UserError("give either --config FILE (a training step) or --model PRESET (a forward pass)")
     if getattr(args, "overrides", None) and args.config is None:
@@ -89,7 +89,7 @@ def run(args) -> int:
 
 
 def _train_step(args) -> dict:
-    from lav2_jax import aot
+    from lav2_jax.train import aot
     from lav2_jax.train.step import recipe_streams
 
     config, mesh = train_config(args)
@@ -103,8 +103,7 @@ def _train_step(args) -> dict:
 
 def train_config(args) -> tuple:
     """(training config, mesh) of `lav2 compile --config ...`: the file, its overrides and the command's flags."""
-    from lav2_jax import aot
-    from lav2_jax.cli.main import UserError
+    from lav2_jax.train import aot
     from lav2_jax.train.step import recipe_streams
 
     try:
@@ -132,9 +131,6 @@ def train_config(args) -> tuple:
 
 
 def _overridden(path: str, overrides: list[str]):
-    from lav2_jax.cli.main import UserError
-    from lav2_jax.cli.train import load_config
-
     try:
         return load_config(path, overrides)
     except UserError:
@@ -150,8 +146,7 @@ def _with_ratio(out: dict, analytic: dict) -> dict:
 
 
 def _forward(args) -> dict:
-    from lav2_jax import aot, presets
-    from lav2_jax.cli.main import UserError
+    from lav2_jax.train import aot
     from lav2_jax.model.factory import build_model
 
     data, fsdp, tensor = _mesh_sizes(args.mesh or "1,-1,1")
@@ -162,9 +157,7 @@ def _forward(args) -> dict:
                                                       ("remat_policy", args.remat),
                                                       ("attention", args.attention)) if v})
         adapter = presets.get_adapter(args.adapter)
-        from lav2_jax.cli.info import DEFAULT_VISION
-
-        vision_name = args.vision or DEFAULT_VISION.get(args.adapter, "vit-l-14")
+        vision_name = args.vision or presets.default_vision(args.adapter)
         vision = presets.get_vision(vision_name) if adapter.has_visual or adapter.splice is not None else None
         model = build_model(config, adapter, vision)
         mesh = aot.topology_mesh(args.topology, data, fsdp, tensor)
@@ -173,7 +166,7 @@ def _forward(args) -> dict:
     if args.batch % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise UserError(f"--batch {args.batch} does not divide over data×fsdp = "
                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    from lav2_jax.flops import analytic_forward_flops
+    from lav2_jax.model.flops import analytic_forward_flops
 
     report = aot.compile_report(args.topology, mesh, aot.compile_forward(model, mesh, args.batch, args.seq))
     what = f"{args.model} + {args.adapter}: forward, batch {args.batch} × {args.seq} tokens"

@@ -12,9 +12,13 @@ Examples::
 
 `--src` takes files, globs or folders (a folder: its *.json/*.jsonl, or *.tsv for captions). Caption sources are
 recognised by name: ``*.tsv``/``*.csv`` → release TSV, ``*.json`` → COCO annotations, ``tfds:coco_captions``.
+Besides the generic kinds, each system may read its own source format (`System.data_kinds`; mPLUG-Owl: `owl`,
+its JSON / JSONL objects, stored as conversations).
 """
 
 from __future__ import annotations
+
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
 
 import argparse
 import glob
@@ -22,7 +26,14 @@ import os
 
 from lav2_jax.cli.main import UserError
 
-KINDS = ("instruction", "conversation", "caption", "owl")  # owl: mPLUG-Owl jsonl, stored as conversations
+KINDS = ("instruction", "conversation", "caption")  # generic; the systems add theirs (`System.data_kinds`)
+
+
+def system_kinds() -> dict:
+    """{kind: `lav2_jax.core.system.DataKind`} of every system."""
+    from lav2_jax.data.builder import system_kinds as kinds  # here: loads the systems (the CLI's start-up time)
+
+    return kinds()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     b = sub.add_parser("build", help="write a TFDS array_record dataset from source files",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("--kind", required=True, choices=KINDS)
+    extra = system_kinds()
+    b.add_argument("--kind", required=True, choices=(*KINDS, *extra),
+                   help="source format: instruction (Alpaca), conversation (ShareGPT / LLaVA), caption (TSV, COCO)"
+                   + "".join(f"; {k}: {kind.help}" for k, kind in extra.items()))
     b.add_argument("--src", required=True, nargs="+", metavar="PATH", help="source files, globs or folders")
     b.add_argument("--out", required=True, help="output dataset folder (written atomically)")
     b.add_argument("--strict", action="store_true", help="stop at the first bad record (file and line)")
@@ -42,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--tfds-data-dir", help="tfds:coco_captions: the TFDS data_dir where it was prepared")
     b.add_argument("--tfds-split", default="train", help="tfds:coco_captions: split to read (default: train)")
     b.add_argument("--tokenizer", help="with --max-len: drop samples that keep no answer token within max_len")
-    b.add_argument("--max-len", type=int)
+    b.add_argument("--max-len", type=int, help="with --tokenizer: tokens per row the samples are checked against")
     b.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="worker processes (0: in this process)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
@@ -73,11 +87,12 @@ def _sources(args: argparse.Namespace):
     from lav2_jax.data.builder import Source
 
     root = (("image_root", args.image_root),) if args.image_root else ()
-    if args.kind == "owl":
-        files = _expand(args.src, ("*.json", "*.jsonl"))
+    kind = system_kinds().get(args.kind)
+    if kind is not None:  # a system's own source format
+        files = _expand(args.src, kind.patterns)
         if any(f.startswith("tfds:") for f in files):
             raise UserError("TFDS catalog sources are for --kind caption")
-        return [Source("owl", f, root) for f in files]
+        return [Source(args.kind, f, root if kind.image_root else ()) for f in files]
     if args.kind in ("instruction", "conversation"):
         files = _expand(args.src, ("*.json", "*.jsonl"))
         for f in files:
@@ -125,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     try:
-        report = builder.build("conversation" if args.kind == "owl" else args.kind, srcs, args.out, strict=args.strict, workers=args.workers,
-                               tokenizer=args.tokenizer, max_len=args.max_len, split=args.split,
+        kind = system_kinds().get(args.kind)
+        report = builder.build(kind.stored_as if kind is not None else args.kind, srcs, args.out, strict=args.strict,
+                               workers=args.workers, tokenizer=args.tokenizer, max_len=args.max_len, split=args.split,
                                overwrite=args.overwrite, progress=not args.quiet)
     except builder.StrictError as e:
         raise UserError(f"--strict: {e}") from None

@@ -14,8 +14,13 @@ table instead (`lav2_jax.demo.systems`; configs/demo_llava.py and demo_owl.py be
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import os
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.train import load_config
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                               "configs", "demo.py")
@@ -35,9 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-    from lav2_jax.cli.train import load_config
-
     if not os.path.isfile(args.config):
         raise UserError(f"config not found: {args.config} (pass --config path/to/configs/demo.py)")
     from lav2_jax.demo.run import config_overrides, run_demo

@@ -15,8 +15,13 @@ end with one line naming the file (and line), exit status 2.
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import os
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.generate import load_bundle
 
 BENCHMARKS = ("caption", "mme", "scienceqa", "loss")
 MAX_NEW = {"caption": 64, "mme": 16, "scienceqa": 32}
@@ -25,7 +30,7 @@ MAX_NEW = {"caption": 64, "mme": 16, "scienceqa": 32}
 def _common(p: argparse.ArgumentParser, generates: bool) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint directory (save_pretrained / lav2 convert / train)")
     p.add_argument("--out", required=True, help="output folder: predictions.jsonl, summary.json")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (default 8)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input (naming the file)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the checkpoint dtype")
@@ -33,8 +38,8 @@ def _common(p: argparse.ArgumentParser, generates: bool) -> None:
     if generates:
         p.add_argument("--max-new-tokens", type=int, default=None, help="default: caption 64, mme 16, scienceqa 32")
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-        p.add_argument("--top-p", type=float, default=0.75)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=0.75, help="top-p when --temperature > 0 (default 0.75)")
+        p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--split", default=None, help="image list, e.g. karpathy_test.json (default: every image)")
     c.add_argument("--tokenizer", default="auto", choices=("auto", "ptb", "python"),
                    help="caption tokenizer: ptb (Java), python (no Java), auto = ptb when java is found")
-    c.add_argument("--no-meteor", action="store_true")
-    c.add_argument("--no-spice", action="store_true")
+    c.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    c.add_argument("--no-spice", action="store_true", help="skip SPICE (it needs Java and the CoreNLP jars)")
     m = sub.add_parser("mme", help="MME yes/no benchmark: acc, acc+, score; perception and cognition totals")
     _common(m, True)
     m.add_argument("--root", required=True, help="MME_Benchmark_release_version folder (one folder per subtask)")
@@ -56,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("scienceqa", help="ScienceQA: accuracy by subject, context modality and grade")
     _common(s, True)
     s.add_argument("--root", required=True, help="folder with problems.json, pid_splits.json, images/")
-    s.add_argument("--split", default="test")
+    s.add_argument("--split", default="test", help="split of pid_splits.json to evaluate (default test)")
     lo = sub.add_parser("loss", help="held-out loss and perplexity per stream (datasets from lav2 data build)")
     _common(lo, False)
     lo.add_argument("--data", action="append", required=True, metavar="[NAME=]DS",
@@ -66,8 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from lav2_jax.cli.generate import load_bundle
-
     return load_bundle(args)
 
 
@@ -144,7 +147,6 @@ def _loss(args, log) -> tuple[dict, list]:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
     from lav2_jax.eval import runner
 
     if args.batch_size < 1:

@@ -1,8 +1,8 @@
 """`lav2 generate --ckpt C [--image PATH ...] --prompt TEXT [--raw] [--expert caption|ocr]`.
 
-The Alpaca template (DESIGN.md §3) wraps `--prompt` (and `--input`) unless `--raw`. Tokens are streamed to stdout
-as they are produced: a Python loop over one jitted decode step (one host round trip per token), which is what
-lets the text appear token by token; batch runs use the single jitted prefill + `lax.while_loop` instead.
+The Alpaca template (docs/design.md §3.3.2) wraps `--prompt` (and `--input`) unless `--raw`. Tokens are streamed
+to stdout as they are produced: a Python loop over one jitted decode step (one host round trip per token), which
+is what lets the text appear token by token; batch runs use the single jitted prefill + `lax.while_loop` instead.
 
 `--batch-file prompts.jsonl`: one JSON object per line, `{"prompt": ..., "input": ... (optional), "image": PATH
 (optional, relative to the file's folder)}`; rows are generated `--batch-size` at a time and written as JSON lines
@@ -19,10 +19,15 @@ missing OCR engine) end with one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import json
 import os
 import sys
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.core import registry
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,8 +39,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="tokens to generate at most; capped at the context left after the prompt (max_seq_len)")
     p.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, the release's)")
-    p.add_argument("--top-p", type=float, default=0.75, help="the release's top-p rule (DESIGN.md §3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.75, help="the release's top-p rule (docs/design.md §3.3.3)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the checkpoint dtype")
 
 
@@ -53,8 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_bundle(args):
     """load_pretrained(--ckpt) with user mistakes turned into UserError."""
-    from lav2_jax.cli.main import UserError
-
     if not os.path.isdir(args.ckpt):
         raise UserError(f"checkpoint not found: {args.ckpt}")
     from lav2_jax.checkpoint import load_pretrained
@@ -75,8 +78,6 @@ def load_bundle(args):
 
 
 def check_image_path(path: str, where: str = "") -> str:
-    from lav2_jax.cli.main import UserError
-
     if not os.path.isfile(path):
         raise UserError(f"{where}image not found: {path}")
     return path
@@ -84,7 +85,6 @@ def check_image_path(path: str, where: str = "") -> str:
 
 def model_pixels(bundle, path: str, where: str = ""):
     """The preprocessed image for the model, or UserError (text-only model, unreadable image)."""
-    from lav2_jax.cli.main import UserError
     from lav2_jax.inference.experts import ExpertUnavailable, load_for_model
     from lav2_jax.data.images import ImageError
 
@@ -101,8 +101,6 @@ class _Composer:
     """Builds each row's final prompt and model image (templates, experts) with CLI error handling."""
 
     def __init__(self, bundle, args):
-        from lav2_jax.cli.main import UserError
-
         self.bundle, self.raw, self.expert = bundle, args.raw, None
         if args.expert:
             if args.raw:
@@ -117,8 +115,7 @@ class _Composer:
                 raise UserError(str(e)) from None
 
     def __call__(self, prompt: str, input_text, image, where: str = ""):
-        from lav2_jax import system_templates
-        from lav2_jax.cli.main import UserError
+        from lav2_jax.inference import prompts  # here: the package loads jax (the CLI's start-up time)
 
         check_text(prompt, "prompt", where)
         if input_text:
@@ -136,7 +133,7 @@ class _Composer:
                 raise UserError(f"{where}{e}") from None
             pixels = model_pixels(self.bundle, image, where) if self.bundle.model.vision is not None else None
             return text, pixels
-        text = prompt if self.raw else system_templates.instruction_prompt(  # Alpaca; mPLUG-Owl: Human/AI
+        text = prompt if self.raw else prompts.instruction_prompt(  # the system's format (Alpaca, Human/AI, ...)
             self.bundle.model.adapter, prompt, input_text, image is not None)
         return text, None if image is None else model_pixels(self.bundle, image, where)
 
@@ -144,27 +141,30 @@ class _Composer:
         """Several images for one prompt: (prompt with one `<image>` per image, pixels [k, H, W, 3])."""
         import numpy as np
 
-        from lav2_jax import system_templates
-        from lav2_jax.cli.main import UserError
+        from lav2_jax.inference import prompts  # here: the package loads jax (the CLI's start-up time)
 
         adapter = self.bundle.model.adapter
         if self.expert is not None:
             raise UserError("--expert reads one image; give a single --image")
         if adapter.splice is None:
             raise UserError(f"{len(paths)} --image given, but this checkpoint's model takes one image per prompt "
-                            "(several images need a spliced system: mPLUG-Owl)")
-        if not self.raw and adapter.system != "owl":
-            raise UserError(f"{len(paths)} --image given: only mPLUG-Owl's template places several images "
-                            "(or write the <image> markers yourself with --raw)")
+                            f"(several images need a spliced system: {multi_image_systems()})")
+        limit = registry.of(adapter).max_images
+        if not self.raw and limit is not None and len(paths) > limit:
+            raise UserError(f"{len(paths)} --image given: only {multi_image_systems()}'s template places several "
+                            "images (or write the <image> markers yourself with --raw)")
         check_text(prompt, "prompt")
-        text = prompt if self.raw else system_templates.instruction_prompt(adapter, prompt, input_text, len(paths))
+        text = prompt if self.raw else prompts.instruction_prompt(adapter, prompt, input_text, len(paths))
         return text, np.stack([model_pixels(self.bundle, p) for p in paths])
+
+
+def multi_image_systems() -> str:
+    """The titles of the systems whose prompts may hold several images (`System.max_images`), e.g. mPLUG-Owl."""
+    return " or ".join(s.title for s in registry.all_systems() if s.max_images is None or s.max_images > 1)
 
 
 def check_text(text: str, what: str, where: str = "") -> None:
     """UserError for an empty prompt, or text with bytes that are not UTF-8 (argv decodes them to surrogates)."""
-    from lav2_jax.cli.main import UserError
-
     if not text.strip():
         raise UserError(f"{where}the {what} is empty")
     try:
@@ -179,8 +179,6 @@ def _sampling(args) -> dict:
 
 
 def _read_batch_file(path: str) -> list[dict]:
-    from lav2_jax.cli.main import UserError
-
     if not os.path.isfile(path):
         raise UserError(f"batch file not found: {path}")
     rows, base = [], os.path.dirname(os.path.abspath(path))
@@ -208,8 +206,6 @@ def _read_batch_file(path: str) -> list[dict]:
 def _run_batch(bundle, args, compose) -> int:
     from lav2_jax.inference import PromptError, generate
 
-    from lav2_jax.cli.main import UserError
-
     rows = _read_batch_file(args.batch_file)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
@@ -232,7 +228,6 @@ def _run_batch(bundle, args, compose) -> int:
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
     from lav2_jax.inference import PromptError
     from lav2_jax.inference.streaming import stream_text
 

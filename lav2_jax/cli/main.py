@@ -2,7 +2,9 @@
 
 Each subcommand lives in `lav2_jax/cli/<name>.py`, exposes `add_arguments(parser)` and `run(args) -> int`, and is
 listed in `COMMANDS`. Subcommand modules keep heavy imports (torch, TFDS, the model) inside `run`, so building the
-parser stays cheap. `UserError` is how a subcommand reports a user's mistake: one line, no traceback, exit 2.
+parser stays cheap; `main` adds the arguments of the command it runs only (`convert`, `export` and `data` ask the
+systems' registry for their sources, formats and kinds, which loads the systems). `UserError` is how a subcommand
+reports a user's mistake: one line, no traceback, exit 2.
 """
 
 from __future__ import annotations
@@ -29,20 +31,23 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `lav2` parser; with `only`, the arguments of that subcommand alone (the others parse nothing)."""
     parser = argparse.ArgumentParser(prog="lav2", description="LLaMA-Adapter V2 in JAX/Flax")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module, help_text in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if only in (None, name):
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    names = {name for name, _, _ in COMMANDS}
+    parser = build_parser(next((a for a in argv[:1] if a in names), ""))
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
     try:

@@ -10,9 +10,14 @@ for `--batch-wait-ms`); at most `--max-queue` requests wait, the rest get 503 wi
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import os
 import sys
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.generate import load_bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,12 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-body-bytes", type=int, default=8 * 2**20, help="request body cap")
     g.add_argument("--max-image-bytes", type=int, default=4 * 2**20, help="decoded image file cap")
     g.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="image width*height cap")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn log level (default info)")
 
 
 def read_api_key(path: str) -> str:
-    from lav2_jax.cli.main import UserError
-
     try:
         with open(path, encoding="utf-8") as f:
             key = f.read().strip()
@@ -52,7 +56,6 @@ def read_api_key(path: str) -> str:
 
 
 def settings_from(args):
-    from lav2_jax.cli.main import UserError
     from lav2_jax.serve.app import ServeSettings
     from lav2_jax.serve.schema import Defaults, Limits
 
@@ -78,9 +81,6 @@ def settings_from(args):
 
 
 def run(args) -> int:
-    from lav2_jax.cli.generate import load_bundle
-    from lav2_jax.cli.main import UserError
-
     try:
         from lav2_jax.serve.app import create_app
         from lav2_jax.serve.server import bind, serve, url_of

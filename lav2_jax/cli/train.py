@@ -5,15 +5,23 @@ examples, e.g. `--config.total_steps=100 --config.mesh.fsdp=8`. Checkpoints, Ten
 `metrics.jsonl` go under DIR; running the same command again resumes from the newest readable checkpoint there
 (an unreadable newer one is reported and moved aside), `--resume-from STEP` from that step. An override of a field
 the config lacks, or a value of the wrong type, is a one-line error naming the field and the closest valid ones;
-so is a `config.data.tokenizer` that is missing, unreadable or has more pieces than the model's vocab_size.
+so is a `config.data.tokenizer` that is missing, unreadable or has more pieces than the model's vocab_size, and a
+`config.param_recipe` no system defines (`lav2 train --help` and `lav2 info --recipes` list them per system).
 Exit status 0 also after a SIGTERM (a checkpoint was written: rerun to resume), 3 on a non-finite loss, 4 when a
 data worker process died (one line naming the step and the checkpoint to resume from).
 """
 
 from __future__ import annotations
 
+# Heavy modules (jax, the model, TFDS, torch) are imported inside the functions that use them: `lav2` start-up time.
+
 import argparse
 import sys
+
+from lav2_jax.cli.errors import UserError
+from lav2_jax.cli.info import recipe_listing
+from lav2_jax.cli.overrides import check_overrides
+from lav2_jax.core import registry
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resume from this checkpoint step (default: the newest readable one); newer steps are "
                         "moved aside to <workdir>/discarded_checkpoints")
     accept_config_overrides(p)
+    format_help = p.format_help
+
+    def format_help_with_recipes():  # the listing loads every system (jax): only when help is asked for
+        return format_help() + "\ntraining recipes (config.param_recipe), by system:\n" + recipe_listing() + "\n"
+
+    p.format_help = format_help_with_recipes
 
 
 def accept_config_overrides(p: argparse.ArgumentParser) -> None:
@@ -47,8 +61,6 @@ def load_config(path: str, overrides: list[str]):
     if bad:
         raise ValueError(f"unknown arguments {bad}: overrides look like --config.key=value")
     if overrides:
-        from lav2_jax.cli.overrides import check_overrides
-
         check_overrides(load_config(path, []), overrides)
     argv = ["lav2 train", f"--config={path}", *overrides]
     fv = flags.FlagValues()
@@ -58,14 +70,16 @@ def load_config(path: str, overrides: list[str]):
 
 
 def run(args) -> int:
-    from lav2_jax.cli.main import UserError
-
     try:
         config = load_config(args.config, args.overrides)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - absl / ml_collections raise many types for a bad flag or file
         raise UserError(f"{args.config}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    if config.param_recipe not in registry.recipes():
+        known = "; ".join(f"{n}: {', '.join(registry.recipes(n))}" for n in registry.names())
+        raise UserError(f"{args.config}: config.param_recipe={config.param_recipe!r} is no training recipe; "
+                        f"known, by system: {known}")
     from lav2_jax.checkpoint.items import CheckpointReadError
     from lav2_jax.data.tokenizer import TokenizerError
     from lav2_jax.train.data import DataWorkerError

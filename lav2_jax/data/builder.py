@@ -28,9 +28,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from lav2_jax.core import registry
 from lav2_jax.data import images, samples, sources
+from lav2_jax.data.modality_groups import write_lengths
 from lav2_jax.data.samples import KINDS
-from lav2_jax.data import owl_sources
+from lav2_jax.data.tokenizer import load_tokenizer
 
 REPORT_FILE = "build_report.json"
 
@@ -41,7 +43,8 @@ class StrictError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One source file (or TFDS catalog) and how to parse it: `format` names a parser in `PARSERS`."""
+    """One source file (or TFDS catalog) and how to parse it: `format` names a parser in `PARSERS`, or a system's
+    own source format (`System.data_kinds`, e.g. mPLUG-Owl's `owl`)."""
 
     format: str
     path: str
@@ -54,8 +57,20 @@ PARSERS: dict[str, Callable[..., Iterator[sources.Item]]] = {
     "tsv": sources.tsv_caption_records,
     "coco": sources.coco_caption_records,
     "tfds_coco": sources.tfds_coco_caption_records,
-    "owl": owl_sources.owl_records,  # mPLUG-Owl `text` + `image` list → conversation records
 }
+
+
+def system_kinds() -> dict:
+    """Every system's own source formats (`System.data_kinds`): {kind: `lav2_jax.core.system.DataKind`}."""
+    return {k: v for system in registry.all_systems() for k, v in system.data_kinds.items()}
+
+
+def parser(fmt: str) -> Callable[..., Iterator[sources.Item]]:
+    """The parser of source format `fmt`: a generic one of `PARSERS`, else the system kind of that name."""
+    known = {**PARSERS, **{k: kind.parse for k, kind in system_kinds().items()}}
+    if fmt not in known:
+        raise ValueError(f"unknown source format {fmt!r}; known: {', '.join(known)}")
+    return known[fmt]
 
 
 @dataclasses.dataclass
@@ -112,15 +127,13 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(tokenizer_path: str | None, max_len: int | None) -> None:
     _WORKER.clear()
     if tokenizer_path is not None:
-        from lav2_jax.data.tokenizer import load_tokenizer
-
         _WORKER["tok"] = load_tokenizer(tokenizer_path)
     _WORKER["max_len"] = max_len
 
 
 def _parse_source(src: Source) -> list[sources.Item]:
     try:
-        return list(PARSERS[src.format](src.path, **dict(src.options)))
+        return list(parser(src.format)(src.path, **dict(src.options)))
     except sources.SourceError as e:
         return [(src.path, sources.Skip("__fatal__", str(e)))]
 
@@ -268,7 +281,6 @@ def build(kind: str, srcs: Sequence[Source], out: str, *, strict: bool = False, 
         with open(os.path.join(written, REPORT_FILE), "w", encoding="utf-8") as f:
             json.dump(report.to_json(), f, indent=1)
         if kind == "conversation":  # for `group_by_modality_length` (LLaVA-1.5 stage 2)
-            from lav2_jax.data.modality_groups import write_lengths
             write_lengths(written, split)
         if os.path.exists(out):
             shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)

@@ -2,7 +2,7 @@
 
 `ImagePromptTokenizer(base, image_token_id, n_tokens)` wraps a `lav2_jax.data.tokenizer` tokenizer with the same
 interface (`encode`, `encode_continuation`, `decode`, `bos_id`, `eos_id`, `pad_id`, `vocab_size`); text without
-`<image>` encodes exactly as with `base`. Two rules, chosen by what the tokenizer knows (SEED_SYSTEMS.md §1.2):
+`<image>` encodes exactly as with `base`. Two rules, chosen by what the tokenizer knows (docs/design.md §4.2):
 
 * `added` — a Hugging Face `tokenizer.json` with `<image>` as an added token whose id is `image_token_id`
   (`llava-hf/...`): the text is expanded to `n_tokens` copies of `<image>` and tokenized whole, which is what

@@ -1,6 +1,6 @@
 """Host-side image decoding, CLIP preprocessing and training augmentation (numpy + PIL, no TensorFlow).
 
-Implements DESIGN.md §1.3 "Preprocessing":
+Implements docs/design.md §3.2.4:
 
 * evaluation: resize the short side to `size` (bicubic), center crop `size × size`, scale to [0, 1],
   normalise with the CLIP mean/std;
@@ -12,7 +12,7 @@ Output of `preprocess` / `augment`: float32 `[size, size, 3]`, channels in `chan
 canvas of its longer side filled with the mean colour `int(255·mean)` = (122, 116, 104) (`expand_to_square`).
 
 Channel order. The released checkpoints saw images read by OpenCV and never converted, i.e. BGR pixels fed to
-a normalisation whose mean/std are listed in RGB order (§1.3). `channel_order="bgr"` reproduces exactly that:
+a normalisation whose mean/std are listed in RGB order (§3.2.4). `channel_order="bgr"` reproduces exactly that:
 the channels are reversed *before* normalisation and `CLIP_MEAN[c]`/`CLIP_STD[c]` are applied to channel
 position `c`. So `bgr * std + mean == reverse(rgb * std + mean)`.
 
@@ -183,7 +183,7 @@ def random_resized_crop_box(
 
 
 def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """The training crop of DESIGN §1.3: random box, then bicubic resize of the box to `size × size`."""
+    """The training crop of docs/design.md §3.2.4: random box, then bicubic resize of the box to `size × size`."""
     box = random_resized_crop_box(img.width, img.height, rng)
     return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
 
@@ -230,8 +230,20 @@ def preprocess(src: ImageSource | Image.Image, size: int = 224, channel_order: s
 
 def augment(src: ImageSource | Image.Image, rng: np.random.Generator, size: int = 224, channel_order: str = "rgb",
             *, name: str | None = None, aspect_ratio: str = "square") -> np.ndarray:
-    """Training preprocessing: decode → (`pad`: expand_to_square) → RandomResizedCrop(scale 0.9–1, ratio 3/4–4/3)
-    → normalise. float32 `[size, size, 3]`; deterministic given the state of `rng`.
+    """Training preprocessing: decode → (`pad`: expand_to_square) → RandomResizedCrop(scale 0.9–1,
+    ratio 3/4–4/3) → normalise. float32 `[size, size, 3]`; deterministic given the state of `rng`.
     """
     img = _aspect(src if isinstance(src, Image.Image) else decode(src, name=name), aspect_ratio)
     return normalize(np.asarray(random_resized_crop(img, size, rng)), channel_order)
+
+
+def stack_image_slots(per_sample, max_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image slots of a batch whose samples hold several images: [k_i, H, W, 3] per sample (k_i ≤ max_images) →
+    (images float32 [B, max_images, H, W, 3], has_image bool [B, max_images]); sample i's images fill slots
+    0..k_i-1, the other slots are zeros marked False."""
+    shape = next(x.shape[1:] for x in per_sample)
+    images = np.zeros((len(per_sample), max_images) + shape, np.float32)
+    has_image = np.zeros((len(per_sample), max_images), np.bool_)
+    for i, x in enumerate(per_sample):
+        images[i, :len(x)], has_image[i, :len(x)] = x, True
+    return images, has_image

@@ -1,4 +1,4 @@
-"""LLaVA-1.5's `group_by_modality_length` (stage 2; SEED_SYSTEMS.md §1.3 "length grouping"): every global batch
+"""LLaVA-1.5's `group_by_modality_length` (stage 2; docs/design.md §4.3 "length grouping"): every global batch
 is drawn from one modality — all samples with an image, or all text-only ones — and is spread over the data
 processes by length.
 
@@ -30,6 +30,8 @@ from typing import Any
 
 import grain
 import numpy as np
+
+from lav2_jax.data.records import open_source
 
 LENGTHS_FILE = "modality_lengths.{split}.npz"
 
@@ -69,8 +71,6 @@ def modality_lengths(source, path: str | None = None, split: str = "train") -> t
 
 def write_lengths(directory: str, split: str = "train") -> str:
     """Measures split `split` of the dataset in `directory` (a `lav2 data build` output) and stores the result."""
-    from lav2_jax.data.pipeline import open_source
-
     has_image, lengths = modality_lengths(open_source(directory, split))
     path = os.path.join(directory, LENGTHS_FILE.format(split=split))
     tmp = path + ".tmp.npz"

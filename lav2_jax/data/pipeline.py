@@ -20,22 +20,23 @@ images for image streams): see `lav2_jax.data.packing`; `steps_per_epoch` then o
 ``T`` is the smallest of `config.buckets` (default: powers of two from 64 below `max_len`, then `max_len`)
 holding the longest sample of the batch, so a run compiles at most ``len(buckets)`` train-step shapes.
 Samples are truncated to `max_len`; one that keeps no answer token is dropped and counted
-(`PipelineIterator.dropped`, see its docstring for when a drop is counted). The rules live in `lav2_jax.data.samples`; templates in `lav2_jax.templates`.
+(`PipelineIterator.dropped`, see its docstring for when a drop is counted).
 
-LLaVA (`PipelineConfig.template` set, `lav2_jax.data.llava_samples`): a conversation template of
-`lav2_jax.conversation_templates`; each image is `image_tokens` placeholder ids in ``tokens`` (so `max_len` and the
-buckets count them: the sequence grows by the image's token count), never in the loss; ``has_image`` says whether
-the row holds placeholders; images are the CLIP preprocessing without augmentation, `square` or `pad`.
-mPLUG-Owl (`template="owl"`, `lav2_jax.data.owl_samples`): the same contract with Owl's template, its Q + 1
-placeholder ids per image and its image processing (training crop + flip unless `augment=False`, evaluation
-resize). Several images per sample (`max_images` > 1): ``images`` [B, max_images, H, W, 3] and ``has_image``
-[B, max_images], the slots of `lav2_jax.data.owl_samples.stack_image_slots`.
+Samples are the system's (`PipelineConfig.system`, a name of `lav2_jax.core.registry`): its `tokenize_record`
+turns a record into tokens (its template, `PipelineConfig.template` naming one where the system has several) and
+its `record_images` into the image fields, augmented (grain's per-element RNG) when `train` and `augment`.
+LLaMA-Adapter V2: the templates of `lav2_jax.core.templates`. Spliced systems (`System.spliced_samples`: LLaVA,
+mPLUG-Owl): each image is `image_tokens` placeholder ids in ``tokens`` (so `max_len` and the buckets count them:
+the sequence grows by the image's token count), never in the loss; ``has_image`` says whether the row holds
+placeholders. Several images per sample (`max_images` > 1, for systems whose `System.max_images` allows it):
+``images`` [B, max_images, H, W, 3] and ``has_image`` [B, max_images], the slots of
+`lav2_jax.data.images.stack_image_slots`; a sample with more images is dropped and counted.
 
 Order of operations (grain dataset API)::
 
-    source (tfds array_record) → shard → shuffle(seed) → repeat(num_epochs) → random_map(template, tokenise,
-    decode + augment + normalise) → to_iter_dataset(read threads) → drop-and-count → batch(pad to bucket)
-    → mp_prefetch(worker processes)
+    source (tfds array_record) → shard → shuffle(seed) → repeat(num_epochs) → random_map(the system's
+    tokenise, decode + augment + normalise) → to_iter_dataset(read threads) → drop-and-count
+    → batch(pad to bucket) → mp_prefetch(worker processes)
 
 * Sharding: process `shard_index` of `shard_count` (default `jax.process_index()` / `jax.process_count()`)
   takes records ``shard_index, shard_index + count, ...``; shards are cut to equal length, so up to
@@ -47,7 +48,7 @@ Order of operations (grain dataset API)::
 * Checkpointing: `PipelineIterator.get_state()` is a JSON-serialisable dict (grain's state plus the drop count);
   `set_state` on a fresh iterator of the same pipeline (same config, including `worker_count`) continues with
   exactly the batches the saved iterator would have produced.
-* Joint recipe (DESIGN.md §2, paper §4.2): `JointPipeline` advances a caption pipeline and an instruction
+* Joint recipe (docs/design.md §6, paper §4.2): `JointPipeline` advances a caption pipeline and an instruction
   pipeline together, one batch of each per step. Both repeat forever, so the shorter one simply starts its next
   (reshuffled) epoch while the longer continues; a "joint epoch" is `steps_per_epoch` = the longer one's.
 """
@@ -60,7 +61,10 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from lav2_jax.data import images, llava_samples, owl_samples, samples
+from lav2_jax.core import registry
+from lav2_jax.data import images, modality_groups, samples
+from lav2_jax.data.packing import PackedBatches
+from lav2_jax.data.records import open_source
 from lav2_jax.data.tokenizer import PAD_ID, Tokenizer
 
 DROPPED_KEY = "_n_dropped"
@@ -97,15 +101,17 @@ class PipelineConfig:
     drop_remainder: bool = True
     packing: bool = False  # several samples per row (`lav2_jax.data.packing`)
     max_segments: int = 8  # packing: samples (image slots) per row of an image stream; images per row if spliced
-    # LLaVA (`lav2_jax.data.llava_samples`): a conversation template of `lav2_jax.conversation_templates` ("" =
-    # LLaMA-Adapter's templates), the visual tokens one image adds to the sequence (its placeholder ids are part of
-    # `max_len`), the placeholder id, `image_aspect` square | pad, and whether training augments images (LLaVA: no).
+    # The system whose samples these are (`lav2_jax.core.registry`) and its template where it has several (LLaVA's
+    # conversation templates, `lav2_jax.systems.llava.conversation`; "" for a system with one format). Spliced
+    # systems: the visual tokens one image adds to the sequence (its placeholder ids are part of `max_len`), the
+    # placeholder id, `image_aspect` square | pad, and whether training augments images (LLaVA: no).
+    system: str = "lav2"
     template: str = ""
     image_tokens: int = 0
     image_token_id: int = 32000
     image_aspect: str = "square"
     augment: bool = True
-    # mPLUG-Owl: images one sample may hold (several `Human: <image>` lines); > 1 gives unpacked batches image slots
+    # Images one sample may hold (mPLUG-Owl: several `Human: <image>` lines); > 1 gives unpacked batches image slots
     # `images` [B, max_images, H, W, 3] + `has_image` [B, max_images]; a sample with more is dropped and counted.
     max_images: int = 1
     # LLaVA-1.5 stage 2: each global batch (batch_size × shard_count) all-image or all-text, spread over the
@@ -119,58 +125,42 @@ class PipelineConfig:
         return buckets
 
 
-def open_source(path: str, split: str = "train"):
-    """Random-access source over a dataset folder written by `lav2 data build` (no TensorFlow needed)."""
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder_from_directory(path)
-    except Exception as e:  # noqa: BLE001 - tfds raises several types for a folder that is not a dataset
-        raise ValueError(f"{path}: not a dataset written by `lav2 data build`: {e}") from None
-    return builder.as_data_source(split=split)
-
-
 class _Encode(grain.transforms.RandomMap):
-    """Record → variable-length sample dict, or ``{"dropped": True}`` when truncation leaves no answer."""
+    """Record → variable-length sample dict (the system's `tokenize_record` and `record_images`), or
+    ``{"dropped": True}`` when truncation leaves no answer (or the sample holds more than `max_images` images).
+
+    The per-element RNG draws the caption first (training), then whatever the system's image augmentation draws."""
 
     def __init__(self, tok: Tokenizer, config: PipelineConfig, with_images: bool):
         self.tok, self.config, self.with_images = tok, config, with_images
+        self.system = registry.get(config.system)
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         cfg = self.config
         n_captions = len(record["captions"]) if "captions" in record else 1
         pick = int(rng.integers(n_captions)) if cfg.train else 0
-        has_image = bool(record.get("has_image", "captions" in record))
-        if cfg.template == "owl":  # mPLUG-Owl; more images than the batch has slots for: dropped, counted
-            out, n_images = owl_samples.tokenize_sample(self.tok, record, pick, cfg.max_len, cfg.image_tokens,
-                                                        cfg.image_token_id, cfg.max_images)
-            has_image = n_images > 0
-        elif cfg.template:
-            out = llava_samples.tokenize_record(self.tok, record, cfg.template, pick, cfg.max_len, cfg.image_tokens,
-                                                cfg.image_token_id)
-            has_image = out is not None and bool((out.tokens == cfg.image_token_id).any())
-        else:
-            out = samples.tokenize(self.tok, samples.record_segments(record, pick), cfg.max_len)
+        out, n_images = self.system.tokenize_record(self.tok, record, pick, cfg)
         if out is None:
             return {"dropped": True}
-        sample: dict[str, Any] = {"tokens": out.tokens, "targets": out.targets, "loss_mask": out.loss_mask}
-        sample["has_image"] = has_image
+        sample: dict[str, Any] = {"tokens": out.tokens, "targets": out.targets, "loss_mask": out.loss_mask,
+                                  "has_image": n_images > 0}
         if self.with_images:
-            size = cfg.image_size
             name = f"{record['source'].decode()}: image" if isinstance(record.get("source"), bytes) else None
-            if cfg.template == "owl":  # `images` [k, H, W, 3] (image j fills the j-th placeholder run), `image`
-                augment = rng if cfg.train and cfg.augment else None  # the release's crop + flip
-                sample.update(owl_samples.sample_images(record, n_images, size, augment, cfg.channel_order, name))
-            elif not has_image:
-                sample["image"] = np.zeros((size, size, 3), np.float32)
-            elif cfg.template:
-                sample["image"] = llava_samples.preprocess_image(record["image"], size, cfg.image_aspect,
-                                                                 cfg.channel_order, name=name)
-            elif cfg.train and cfg.augment:
-                sample["image"] = images.augment(record["image"], rng, size, cfg.channel_order, name=name)
-            else:
-                sample["image"] = images.preprocess(record["image"], size, cfg.channel_order, name=name)
+            augment = rng if cfg.train and cfg.augment else None
+            sample.update(self.system.record_images(record, n_images, cfg, augment, name))
         return sample
+
+
+def check_image_slots(config: PipelineConfig, packed_images: bool) -> None:
+    """ValueError unless `config.max_images` fits: >= 1, at most the system's `System.max_images`, and with packing
+    of an image stream (`packed_images`) at most a row's image slots (`max_segments`)."""
+    limit = registry.get(config.system).max_images
+    if config.max_images < 1 or (limit is not None and config.max_images > limit):
+        raise ValueError(f"max_images={config.max_images}: system {config.system!r} takes "
+                         f"{'at least 1' if limit is None else f'1 to {limit}'} image(s) per sample")
+    if packed_images and config.max_segments < config.max_images:
+        raise ValueError(f"packing: max_segments {config.max_segments} (images per row) < max_images "
+                         f"{config.max_images} (images per sample)")
 
 
 class _DropCountingIterator(grain.DatasetIterator):
@@ -231,9 +221,9 @@ class _PadToBucket:
             batch["tokens"][i, :n] = e["tokens"]
             batch["targets"][i, :n] = e["targets"]
             batch["loss_mask"][i, :n] = e["loss_mask"]
-        if self.with_images and self.max_images > 1:  # mPLUG-Owl's image slots
-            batch["images"], batch["has_image"] = owl_samples.stack_image_slots([e["images"] for e in elements],
-                                                                                self.max_images)
+        if self.with_images and self.max_images > 1:  # several images per sample: image slots
+            batch["images"], batch["has_image"] = images.stack_image_slots([e["images"] for e in elements],
+                                                                           self.max_images)
         else:
             if self.with_images:
                 batch["images"] = np.stack([e["image"] for e in elements]).astype(np.float32, copy=False)
@@ -247,6 +237,8 @@ class Pipeline:
 
     def __init__(self, source: Any, tokenizer: Tokenizer, config: PipelineConfig, split: str = "train"):
         self.config = config
+        system = registry.get(config.system)
+        system.check_pipeline(config)
         self.source = open_source(source, split) if isinstance(source, str) else source
         if len(self.source) == 0:
             raise ValueError("the dataset is empty")
@@ -265,8 +257,6 @@ class Pipeline:
             raise ValueError(f"{len(self.source)} records cannot feed {count} processes")
         self.left_out = len(self.source) - per_shard * count
         if config.group_by_modality_length:
-            from lav2_jax.data import modality_groups
-
             if not config.shuffle:
                 raise ValueError("group_by_modality_length draws its own random order: it needs shuffle=True")
             has_image, lengths = modality_groups.modality_lengths(
@@ -284,14 +274,11 @@ class Pipeline:
         ds = ds.random_map(_Encode(tokenizer, config, self.with_images), seed=config.seed)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
                                                   prefetch_buffer_size=config.read_buffer))
-        owl_samples.check_image_slots(config.max_images, config.template, config.packing and self.with_images,
-                                      config.max_segments)
+        check_image_slots(config, config.packing and self.with_images)
         if config.packing:
-            from lav2_jax.data.packing import PackedBatches
-
             it = PackedBatches(_DropCounting(it, per_shard), config.batch_size, config.max_len,
                                config.resolved_buckets(), self.with_images, config.max_segments,
-                               config.drop_remainder, spliced=bool(config.template))
+                               config.drop_remainder, spliced=system.spliced_samples)
         else:
             it = _DropCounting(it, per_shard).batch(config.batch_size, drop_remainder=config.drop_remainder,
                                                     batch_fn=_PadToBucket(config.resolved_buckets(), self.with_images,

@@ -1,4 +1,5 @@
-"""From a stored record to one training sequence: template (DESIGN.md §3), tokens, targets, loss mask, truncation.
+"""From a stored record to one training sequence: template (docs/design.md §3.3.2), tokens, targets, loss mask,
+truncation.
 
 Shared by the builder (to drop over-long samples at build time) and the grain pipeline (at run time), so both
 apply the same rule.
@@ -12,11 +13,11 @@ caller.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.data.tokenizer import Tokenizer, encode_segments
 
 KINDS = ("instruction", "conversation", "caption")
@@ -59,9 +60,19 @@ def record_segments(record: Mapping[str, Any], caption_index: int = 0) -> templa
 
 def tokenize(tok: Tokenizer, segments: templates.Segments, max_len: int) -> Tokenized | None:
     """Tokens/targets/loss_mask truncated to `max_len`, or None when no answer token survives truncation."""
-    ids, answer = encode_segments(tok, segments)
+    return truncate(*encode_segments(tok, segments), max_len)
+
+
+def truncate(ids: Sequence[int], answer: Sequence[bool], max_len: int, n_image_tokens: int = 0,
+             image_token_id: int = -1) -> Tokenized | None:
+    """`ids` (BOS first) with per-id answer flags → tokens/targets/loss_mask of the first `max_len` positions;
+    None when no answer survives, or when the cut would split an image's `n_image_tokens` placeholder ids
+    (`image_token_id`; the spliced systems' samples)."""
     ids_arr = np.asarray(ids, np.int32)
     mask = np.asarray(answer[1:], np.float32)[:max_len]
     if not mask.any():
         return None
-    return Tokenized(ids_arr[:-1][:max_len], ids_arr[1:][:max_len], mask)
+    tokens = ids_arr[:-1][:max_len]
+    if n_image_tokens > 0 and int((tokens == image_token_id).sum()) % n_image_tokens:
+        return None
+    return Tokenized(tokens, ids_arr[1:][:max_len], mask)

@@ -1,4 +1,5 @@
-"""Parsers of the supported source formats (instruction, conversation, caption) into canonical records (one per training sample).
+"""Parsers of the supported source formats (instruction, conversation, caption) into canonical records (one per
+training sample).
 
 Every parser yields `(where, record)` or `(where, Skip)`; `where` is ``"file:line"`` (JSON arrays too: the line
 where the element starts) so a bad record can be named. Whole-file problems (unreadable file, missing TSV header
@@ -11,7 +12,7 @@ Canonical records (the TFDS features written by `lav2_jax.data.builder`):
 * conversation (ShareGPT / LLaVA: ``conversations: [{from, value}, ...]``, optional `image` path):
   ``{"roles": [str], "values": [str], "system": str, "image_turn": int}`` plus ``"_image": path`` when the sample
   has one; `image_turn` is the index (into roles/values) of the first turn that held ``<image>`` (-1: none; LLaVA's
-  templates put the image at the front of that turn, `lav2_jax.conversation_templates`). Roles
+  templates put the image at the front of that turn, `lav2_jax.systems.llava.conversation`). Roles
   `human`/`user` → "human", `gpt`/`assistant`/`chatgpt` → "assistant", a leading `system` turn replaces the chat
   system prompt (``""`` = default); any other role is skipped with a counted reason. The ``<image>`` placeholder
   is removed and the turn stripped. A trailing human turn (no answer) is dropped; turns must alternate starting

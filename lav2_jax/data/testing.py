@@ -1,6 +1,8 @@
 """Small synthetic inputs for tests and benchmarks: a tiny sentencepiece model, images, source files.
 
-Nothing is downloaded; everything is generated from a seed into a folder the caller owns.
+Nothing is downloaded; everything is generated from a seed into a folder the caller owns. Only tests and benchmarks
+import this module; `train_sentencepiece` lives in `lav2_jax.data.tokenizer_train` (production code uses it too)
+and is offered here with the other helpers.
 """
 
 from __future__ import annotations
@@ -13,35 +15,9 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from lav2_jax import templates
+from lav2_jax.data.tokenizer_train import train_sentencepiece
 
-_CORPUS = (
-    templates.alpaca("Give three tips for staying healthy.", "Eat well, sleep, move."),
-    templates.caption_prompt(),
-    templates.CHAT_SYSTEM + "###Human: What is in the picture?###Assistant: A dog on a beach.",
-    "A red bus drives past a tall building while two people wait at the stop.",
-    "The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?'\"()[]{}<>/\\-_=+*&^%$#@~`|",
-)
-
-
-def train_sentencepiece(path: str, extra: Iterable[str] = (), vocab_size: int = 400,
-                        byte_fallback: bool = True) -> str:
-    """Train a LLaMA-like sentencepiece BPE (BOS 1, EOS 2, unk 0, byte fallback, identity normaliser) at `path`.
-
-    `byte_fallback=False` (unknown characters → unk) gives exactly `vocab_size` pieces, also below the 259 that
-    byte fallback needs: a tokenizer for a model of any vocabulary size (`lav2_jax.train.export`)."""
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(_CORPUS) * 8 + list(extra)), model_writer=model, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=byte_fallback, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2,
-        pad_id=-1, hard_vocab_limit=not byte_fallback, minloglevel=2, num_threads=1,
-        **({} if byte_fallback else {"character_coverage": 1.0}))
-    with open(path, "wb") as f:
-        f.write(model.getvalue())
-    return path
+__all__ = ["image_bytes", "train_sentencepiece", "write_image", "write_jsonl"]
 
 
 def image_bytes(width: int, height: int, seed: int = 0, fmt: str = "PNG", mode: str = "RGB") -> bytes:

@@ -3,9 +3,9 @@
 `prepare(workdir, sizes)` writes (skipping what is already complete):
 
   data/images/{train,heldout}/N.png   the rendered scenes (`lav2_jax.demo.scenes`)
-  data/captions.tsv                   image → caption, the release's caption TSV       (`lav2 data build --kind caption`)
+  data/captions.tsv                   image → caption, the release's caption TSV (`lav2 data build --kind caption`)
   data/instructions.json              LLaVA-style conversations: a visual question with its image, or a text-only
-                                      instruction (no image)                       (`lav2 data build --kind conversation`)
+                                      instruction, no image (`lav2 data build --kind conversation`)
   data/caption/, data/instruction/    the two TFDS array_record datasets `lav2 train` reads (`source="pipeline"`)
   data/heldout.json                   the held-out scenes (never in training) and the text-only items
   tokenizer/tokenizer.model           a sentencepiece BPE trained on the demo's texts and templates
@@ -26,7 +26,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from lav2_jax import templates
+from lav2_jax.core import templates
+from lav2_jax.data import builder
+from lav2_jax.data.tokenizer_train import train_sentencepiece
 from lav2_jax.demo import scenes as sc
 
 IMAGE_SIZE = 32
@@ -136,8 +138,6 @@ def prior_texts(sizes: Sizes, seed: int = 0) -> list[str]:
 
 
 def train_tokenizer(path: str, sizes: Sizes, seed: int = 0, vocab_size: int = 768) -> str:
-    from lav2_jax.data.testing import train_sentencepiece
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cap_scenes, _ = scene_sets(sizes, seed)
     extra = list(sc.corpus_texts(cap_scenes[:200])) * 4
@@ -149,8 +149,6 @@ def train_tokenizer(path: str, sizes: Sizes, seed: int = 0, vocab_size: int = 76
 
 
 def _build(kind: str, fmt: str, src: str, out: str) -> None:
-    from lav2_jax.data import builder
-
     builder.build(kind, [builder.Source(fmt, src)], out, strict=True, progress=False, overwrite=True)
 
 

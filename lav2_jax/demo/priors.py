@@ -7,9 +7,10 @@
    the text-only instructions' answers, and (from the scenes described in words) to read attribute values from its
    context: what the visual prompts must later supply.
 2. Vision tower: the `tiny` CLIP ViT trained contrastively, CLIP-style, against text embeddings of every caption:
-   an image's embedding (the mean of all its output tokens, L2-normalised: what the connector sees before it has learned where to attend) scores all `len(combinations)` captions, whose
-   embeddings are sums of one learned vector per attribute value (a bag-of-words text tower), and a softmax
-   cross-entropy with a learned temperature pulls each image to its own caption. Reported: held-out top-1
+   an image's embedding (the mean of all its output tokens, L2-normalised: what the connector sees before it has
+   learned where to attend) scores all `len(combinations)` captions, whose embeddings are sums of one learned
+   vector per attribute value (a bag-of-words text tower), and a softmax cross-entropy with a learned temperature
+   pulls each image to its own caption. Reported: held-out top-1
    retrieval accuracy per attribute (the signal the frozen tower hands the connector).
 
 `build_base(paths, ...)` runs both and writes, in the project's checkpoint format (`lav2_jax.checkpoint`):
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import time
 
@@ -42,9 +44,15 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.checkpoint import read_config, save_pretrained
+from lav2_jax.core import presets
+from lav2_jax.core import param_groups as pg
+from lav2_jax.data.images import normalize
+from lav2_jax.data.tokenizer import load_tokenizer
 from lav2_jax.demo import scenes as sc
+from lav2_jax.model.clip import CLIPVisionTower
+from lav2_jax.model.factory import abstract_params, build_model, init_params
+from lav2_jax.train.loss import mean_token_loss
 
 TINY_ADAPTER = "paper"
 
@@ -64,8 +72,6 @@ class PriorSettings:
 
 def demo_model(vocab_size: int):
     """The demo's model: `tiny` LLaMA (vocabulary = the tokenizer's), `tiny` CLIP, the paper adapter shrunk."""
-    from lav2_jax.model.factory import build_model
-
     config = presets.get_model("tiny").replace(vocab_size=vocab_size)
     vision = presets.get_vision("tiny")
     return build_model(config, presets.tiny_adapter(TINY_ADAPTER, config, vision), vision)
@@ -86,8 +92,6 @@ def fan_in_init(tree: dict, key) -> dict:
 def initial_params(model, s: PriorSettings) -> dict:
     """The demo model's starting parameters: the library init, then (`s.init == "fan-in"`) `fan_in_init` on the
     LLaMA layers and head, the CLIP tower and the connector (embeddings and norms keep the library init)."""
-    from lav2_jax.model.factory import init_params
-
     params = init_params(model, jax.random.PRNGKey(s.seed))
     if s.init == "fan-in":
         key = jax.random.PRNGKey(s.seed + 1)
@@ -138,8 +142,6 @@ def _fit(loss_fn, params, x: np.ndarray, y: np.ndarray, lr: float, steps: int, b
 
 def train_language_prior(model, params: dict, tok, texts: list[str], s: PriorSettings, log=print) -> dict:
     """Full-parameter next-token training of the LLaMA weights (not CLIP, not the adapter); returns all params."""
-    from lav2_jax.train.loss import mean_token_loss
-
     labels = pg.param_groups(params, "all-adapters", model.adapter)
     labels = traverse_util.unflatten_dict({k: ("instruction" if v == pg.F and k[0] != "clip" else pg.F)
                                            for k, v in traverse_util.flatten_dict(labels).items()})
@@ -163,16 +165,12 @@ def _combo_index(scene: sc.Scene) -> int:
 
 
 def _images(scenes: list[sc.Scene], size: int) -> np.ndarray:
-    from lav2_jax.data.images import normalize
-
     return np.stack([normalize(sc.render(s, size)) for s in scenes])
 
 
 def train_vision_tower(vision, clip_params: dict, train: list[sc.Scene], heldout: list[sc.Scene],
                        s: PriorSettings, log=print) -> tuple[dict, dict]:
     """Contrastive stage (module docstring); returns (CLIP params, held-out retrieval accuracy per attribute)."""
-    from lav2_jax.model.clip import CLIPVisionTower
-
     tower = CLIPVisionTower(vision)
     dim = vision.output_dim
     key = jax.random.PRNGKey(s.seed + 5)
@@ -212,8 +210,6 @@ def train_vision_tower(vision, clip_params: dict, train: list[sc.Scene], heldout
 
 def _language_only(model, params: dict):
     """(text-only model with no adapter, its parameters taken from `params`)."""
-    from lav2_jax.model.factory import abstract_params, build_model
-
     lm = build_model(model.config, presets.get_adapter("none"), None)
     flat = traverse_util.flatten_dict(params)
     wanted = traverse_util.flatten_dict(abstract_params(lm))
@@ -222,11 +218,6 @@ def _language_only(model, params: dict):
 
 def build_base(paths, texts: list[str], train_scenes: list[sc.Scene], s: PriorSettings, log=print) -> dict:
     """Runs (or reuses) both stages; writes `prior/` and `base/`; returns the stage report."""
-    import json
-
-    from lav2_jax.checkpoint import read_config, save_pretrained
-    from lav2_jax.data.tokenizer import load_tokenizer
-
     base_dir, prior_dir = os.path.join(paths.workdir, "base"), os.path.join(paths.workdir, "prior")
     tok = load_tokenizer(paths.tokenizer)
     settings = json.loads(json.dumps({**dataclasses.asdict(s), "texts": len(texts), "images": len(train_scenes),

@@ -1,7 +1,7 @@
 """The demo's report: a printed table, `report.md`, `report.json` and `report.png`.
 
 report.json (exactly): {"heldout": {"trained": {METRIC: x}, "gates_off": {...}, "untrained": {...},
-"chance": {...}}, "time_s": t, "peak_rss_mib": m} with the metrics of `lav2_jax.eval.heldout` (all in [0, 1]).
+"chance": {...}}, "time_s": t, "peak_rss_mib": m} with the metrics of `lav2_jax.demo.heldout` (all in [0, 1]).
 
 report.png: (1) the training loss of each group over steps (caption stream → caption group, instruction stream →
 instruction group), (2) gate openings mean |tanh(gate)| per layer over training (adapter-prompt gates of the
@@ -60,7 +60,7 @@ def read_metrics(path: str) -> list[dict]:
 def plot(path: str, metrics_rows: list[dict], samples: Sequence[tuple[np.ndarray, str, str, bool]],
          prompted_layers: Sequence[int]) -> str:
     """Writes report.png (module docstring). `samples`: (uint8 image, generated caption, true caption, all right)."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes about a second to import; only the report's plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

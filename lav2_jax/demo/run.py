@@ -7,7 +7,7 @@
                  `joint`, early fusion, grain pipelines; tqdm, TensorBoard (`train/tb`), `train/metrics.jsonl`.
                  Always a fresh run (the cached stages above are what a rerun skips)
   4. export      `lav2_jax.train.export.export_run` → `<workdir>/ckpt` (adapter-only over `base/`)
-  5. evaluation  `lav2_jax.eval.heldout` on the held-out split for trained / gates_off / untrained, + chance
+  5. evaluation  `lav2_jax.demo.heldout` on the held-out split for trained / gates_off / untrained, + chance
   6. report      `lav2_jax.demo.report`: table, report.md, report.json, report.png
 
 `MODES` holds the data and prior sizes of the full and `--quick` runs; the training steps are the config's
@@ -16,15 +16,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
 
 import numpy as np
+from PIL import Image
 
+from lav2_jax.checkpoint import load_pretrained
+from lav2_jax.demo import heldout
 from lav2_jax.demo import data as data_lib
 from lav2_jax.demo import priors as priors_lib
 from lav2_jax.demo import report as report_lib
+from lav2_jax.demo.heldout import gates_off
+from lav2_jax.eval.runner import write_json
+from lav2_jax.inference.generation import decodes_unstacked
+from lav2_jax.train.export import export_run
+from lav2_jax.train.trainer import train
 
 MODES = {
     "full": (data_lib.Sizes(), priors_lib.PriorSettings()),
@@ -57,12 +66,6 @@ def user_commands(workdir: str, image: str) -> list[str]:
 
 
 def _bundles(ckpt: str, base: str):
-    import dataclasses
-
-    from lav2_jax.checkpoint import load_pretrained
-    from lav2_jax.eval.heldout import gates_off
-    from lav2_jax.inference.generation import decodes_unstacked
-
     layout = "unstacked" if decodes_unstacked() else "scanned"
     trained = load_pretrained(ckpt, layout=layout)
     return {"trained": trained,
@@ -93,11 +96,6 @@ def run_demo(config, workdir: str, *, quick: bool = False, seed: int = 0, zero_s
              log=print, display: str = "") -> dict:
     """Runs every stage (module docstring) with the train config `config`; returns report.json's content.
     `display`: the workdir as the user typed it (for the printed commands)."""
-    from lav2_jax.eval import heldout
-    from lav2_jax.eval.runner import write_json
-    from lav2_jax.train.export import export_run
-    from lav2_jax.train.trainer import train
-
     t0 = time.time()
     workdir = os.path.abspath(workdir)
     paths, prior = prepare_base(workdir, quick=quick, seed=seed, zero_shot=zero_shot, log=log)
@@ -166,7 +164,5 @@ def run_demo(config, workdir: str, *, quick: bool = False, seed: int = 0, zero_s
 
 
 def _read_png(path: str):
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.convert("RGB").copy()

@@ -8,7 +8,7 @@ A scene is `count` shapes of one `shape` and one `colour` stacked in the `positi
 `render(scene, size)` draws it (4× supersampled, then box-filtered down; a little pixel noise) as uint8 [S, S, 3].
 Every placement and size jitter is a function of the scene's `seed`, so an image is reproducible from its record.
 
-Texts (the templates of DESIGN.md §3 are applied later, by the data pipeline and by evaluation):
+Texts (the templates of docs/design.md §3.3.2 are applied later, by the data pipeline and by evaluation):
 
   caption      "two red circles on the left"                               (caption stream, Alpaca caption prompt)
   question     "What colour are the shapes?" → "red" (one per attribute)   (instruction stream, with the image)

@@ -4,7 +4,7 @@ side by side.
 Shared by every system (built once, cached like `lav2 demo`'s): the data, the tokenizer, the language prior
 (`<workdir>/prior`) and the contrastive CLIP tower (`<workdir>/base`), `lav2_jax.demo.run.prepare_base`. Then
 each system trains through `lav2 train`'s engine (`lav2_jax.train.trainer.train`) and is exported and scored on
-the held-out split by `lav2_jax.eval.heldout` (greedy, in its own prompt format):
+the held-out split by `lav2_jax.demo.heldout` (greedy, in its own prompt format):
 
   lav2   the demo's config (`configs/demo.py`): paper joint training, one step = a caption batch for the caption
          group + an instruction batch for the instruction group
@@ -12,6 +12,8 @@ the held-out split by `lav2_jax.eval.heldout` (greedy, in its own prompt format)
          instruction data), from `lav2_jax.demo.system_inits.write_init`'s checkpoint
   owl    `configs/demo_owl.py`: stage 1 (vision model + abstractor, caption data), then stage 2 (LoRA on wq/wv,
          instruction data), likewise
+A system's stages are its `System.demo_stages` (each a `get_config(stage)` of `configs/demo_<name>.py`); a system
+without them trains the demo's own config, as LLaMA-Adapter V2 does.
 
 Same budget: every stage runs the LLaMA-Adapter V2 config's `total_steps`, a caption stage with its caption batch
 and an instruction stage with its instruction batch, so each system sees the same caption and instruction rows
@@ -19,7 +21,7 @@ and updates each of its groups as often.
 
 Each system runs in its own Python process (`python -m lav2_jax.demo.systems SPEC OUT`), so its peak resident
 memory (`ru_maxrss`, training and evaluation) is its own. Measured per system: trainable parameters per stage
-(`lav2_jax.param_groups.count` under the stage's recipe), held-out metrics, the median step time of each stage
+(`lav2_jax.core.param_groups.count` under the stage's recipe), held-out metrics, the median step time of each stage
 (from `metrics.jsonl`: the wall time between log lines over the steps between them, the first interval, which
 holds the compilation, left out), training wall time, peak RSS. Written to `<workdir>/systems.md` and
 `<workdir>/systems.json` ({"systems": {name: result}, "chance": {...}, "budget": {...}}) and printed.
@@ -36,12 +38,36 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import numpy as np
 
+from lav2_jax.checkpoint import load_pretrained
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import registry
+from lav2_jax.demo import heldout
+from lav2_jax.demo import report as report_lib
+from lav2_jax.demo import run as run_lib
+from lav2_jax.demo import system_inits
+from lav2_jax.eval.runner import read_json, write_json
+from lav2_jax.inference.generation import decodes_unstacked
+from lav2_jax.model.factory import abstract_params
+from lav2_jax.train.defaults import base_config
+from lav2_jax.train.export import export_run
+from lav2_jax.train.state import model_from_config
+from lav2_jax.train.trainer import train
+
 SYSTEMS = ("lav2", "llava", "owl")
-STAGES = {"lav2": ("joint",), "llava": ("stage1", "stage2"), "owl": ("stage1", "stage2")}
-CONFIG_FILES = {"llava": "demo_llava.py", "owl": "demo_owl.py"}
 HEADLINE = ("caption_accuracy", "vqa_accuracy", "text_accuracy")
+
+
+def system_stages(name: str) -> tuple[str, ...]:
+    """System `name`'s stages in the comparison: its `System.demo_stages`, else the demo's one joint run."""
+    return registry.get(name).demo_stages or ("joint",)
+
+
+def config_file(name: str) -> str:
+    """The config file of system `name`'s stages, beside configs/demo.py."""
+    return f"demo_{name}.py"
 
 
 def stage_base_config(name: str, stage: str, steps: int):
@@ -50,13 +76,11 @@ def stage_base_config(name: str, stage: str, steps: int):
     export (stage 2), pipeline data (caption data for stage 1, the instruction data as stage 2's `train` stream;
     96 positions, room for the visual tokens and the systems' system prompts), batches of 16, `steps` steps,
     clip 1.0, no periodic checkpoints, a log line every 5 steps."""
-    from lav2_jax.train.defaults import base_config
-
-    if stage not in STAGES[name]:
-        raise ValueError(f"configs/{CONFIG_FILES[name]}:{stage}: the stage is one of {STAGES[name]}")
+    if stage not in system_stages(name):
+        raise ValueError(f"configs/{config_file(name)}:{stage}: the stage is one of {system_stages(name)}")
     c = base_config()
     c.model.update(preset="tiny", vision="tiny", base_checkpoint=f"demo_out/systems/{name}/"
-                   + ("init" if stage == STAGES[name][0] else f"{STAGES[name][0]}/ckpt"))
+                   + ("init" if stage == system_stages(name)[0] else f"{system_stages(name)[0]}/ckpt"))
     c.total_steps = steps
     c.batch.update(caption=16, train=16)
     c.optim.clip_norm = 1.0
@@ -88,15 +112,16 @@ def _load_config(path: str, stage: str):
 def stage_configs(name: str, lav2_config, config_dir: str, paths, seed: int) -> list:
     """The training configs of system `name`'s stages, pointed at the workdir of `paths` and given the LLaMA-Adapter
     V2 run's budget (module docstring)."""
-    if name == "lav2":
+    if not registry.get(name).demo_stages:
         return [lav2_config]
     out = []
     root = os.path.join(paths.workdir, "systems", name)
     steps = int(lav2_config.total_steps)
-    for stage in STAGES[name]:
-        c = _load_config(os.path.join(config_dir, CONFIG_FILES[name]), stage)
-        first = stage == STAGES[name][0]
-        c.model.base_checkpoint = os.path.join(root, "init" if first else os.path.join(STAGES[name][0], "ckpt"))
+    first_stage = system_stages(name)[0]
+    for stage in system_stages(name):
+        c = _load_config(os.path.join(config_dir, config_file(name)), stage)
+        c.model.base_checkpoint = os.path.join(root, "init" if stage == first_stage else
+                                               os.path.join(first_stage, "ckpt"))
         c.data.tokenizer = paths.tokenizer
         c.data.caption.path, c.data.train.path = paths.caption_ds, paths.instruction_ds
         c.seed = c.data.seed = seed
@@ -110,10 +135,6 @@ def stage_configs(name: str, lav2_config, config_dir: str, paths, seed: int) -> 
 
 def trainable_counts(config) -> dict[str, int]:
     """Scalars per group under `config`'s recipe (`caption`, `instruction`, `frozen`, `total`)."""
-    from lav2_jax import param_groups as pg
-    from lav2_jax.model.factory import abstract_params
-    from lav2_jax.train.state import model_from_config
-
     model = model_from_config(config.model)
     params = abstract_params(model)
     return pg.count(params, pg.param_groups(params, config.param_recipe, model.adapter))
@@ -130,21 +151,11 @@ def median_step_s(rows: list[dict]) -> float:
 
 def run_system(spec: dict) -> dict:
     """Trains, exports and evaluates one system (in its own process: `main`); returns its result."""
-    import ml_collections
-
-    from lav2_jax.checkpoint import load_pretrained
-    from lav2_jax.demo import report as report_lib
-    from lav2_jax.demo import system_inits
-    from lav2_jax.eval import heldout
-    from lav2_jax.inference.generation import decodes_unstacked
-    from lav2_jax.train.export import export_run
-    from lav2_jax.train.trainer import train
-
     root = spec["root"]
     stages, ckpt = [], ""
     for stage, cfg in zip(spec["stages"], spec["configs"]):
         config = ml_collections.ConfigDict(cfg)
-        if stage == "stage1":
+        if stage == spec["stages"][0] and registry.get(spec["name"]).demo_stages:  # stage 1 starts from an init
             system_inits.write_init(config, spec["prior"], spec["base"], spec["tokenizer"],
                                     config.model.base_checkpoint, seed=int(config.seed))
         counts = trainable_counts(config)
@@ -206,10 +217,6 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
     """Every system in `names` (module docstring); returns systems.json's content. `config_dir`: where
     demo_llava.py and demo_owl.py are (default: beside configs/demo.py of this repository). `eval_scenes` > 0
     scores only that many held-out scenes (tests); `modes` replaces `run.MODES` (tests)."""
-    from lav2_jax.demo import run as run_lib
-    from lav2_jax.eval import heldout
-    from lav2_jax.eval.runner import write_json
-
     t0 = time.time()
     workdir = os.path.abspath(workdir)
     config_dir = config_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -220,8 +227,9 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
         configs = stage_configs(name, lav2_config, config_dir, paths, seed)
         root = os.path.join(workdir, "systems", name)
         os.makedirs(root, exist_ok=True)
-        spec = {"name": name, "root": root, "stages": list(STAGES[name]), "configs": [c.to_dict() for c in configs],
-                "prior": os.path.join(workdir, "prior"), "base": os.path.join(workdir, "base"),
+        spec = {"name": name, "root": root, "stages": list(system_stages(name)),
+                "configs": [c.to_dict() for c in configs], "prior": os.path.join(workdir, "prior"),
+                "base": os.path.join(workdir, "base"),
                 "tokenizer": paths.tokenizer, "heldout": paths.heldout, "eval_scenes": eval_scenes}
         spec_path, out_path = os.path.join(root, "spec.json"), os.path.join(root, "result.json")
         write_json(spec_path, json.loads(json.dumps(spec, default=list)))
@@ -260,8 +268,6 @@ def run_systems(lav2_config, workdir: str, names, *, quick: bool = False, seed: 
 
 def main(argv: list[str]) -> int:
     """`python -m lav2_jax.demo.systems SPEC.json OUT.json`: one system's run (`run_system`)."""
-    from lav2_jax.eval.runner import read_json, write_json
-
     spec_path, out_path = argv
     result = run_system(read_json(spec_path, "system spec"))
     write_json(out_path, result)

@@ -9,7 +9,7 @@ Inputs:
                 file name is an --ann ``file_name``: the LAVIS/BLIP ``coco_karpathy_test.json``);
               * Karpathy's ``dataset_coco.json`` ``{"images": [{"cocoid", "split", ...}]}``: its "test" images.
 Prompt: the release's caption prompt, `templates.caption_prompt()` (the caption instruction in the no-input
-Alpaca template, DESIGN.md §3); greedy decoding.
+Alpaca template, docs/design.md §3.3.2); greedy decoding.
 
 Outputs: ``DIR/captions_results.json`` in the COCO results format ``[{"image_id": int, "caption": str}]`` (sorted
 by image id) and the metrics of `lav2_jax.eval.caption_metrics` over the captioned images.
@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-from lav2_jax import templates
+from lav2_jax.core import templates
+from lav2_jax.eval.caption_metrics import caption_scores
 from lav2_jax.eval.runner import EvalError, Item, read_json, skip_counts
 
 RESULTS = "captions_results.json"
@@ -97,8 +98,6 @@ def results(records: Iterable[dict]) -> list[dict]:
 def score(records: Iterable[dict], refs: dict[int, list[str]], tokenizer: str = "auto", meteor: bool = True,
           spice: bool = True) -> dict:
     """summary.json of captions: {"metrics", "tokenizer", "skipped_metrics", "images", "skipped"}."""
-    from lav2_jax.eval.caption_metrics import caption_scores
-
     records = list(records)
     preds = {r["image_id"]: r["caption"] for r in results(records)}
     metrics, info = caption_scores(refs, preds, tokenizer, meteor=meteor, spice=spice)

@@ -71,7 +71,7 @@ def java_available() -> bool:
 
 
 def _package_dir(sub: str) -> str:
-    import pycocoevalcap
+    import pycocoevalcap  # lazy here and below: the optional `eval` extra
 
     return os.path.join(list(pycocoevalcap.__path__)[0], sub)
 

@@ -4,8 +4,11 @@ Each stream is one dataset folder (``--data [NAME=]PATH``, NAME defaulting to th
 instruction or conversation). Its records go through the training input pipeline (`lav2_jax.data.pipeline`) in
 evaluation mode — file order, one epoch, no augmentation (center crop, the first caption of each record), the
 checkpoint's channel order — so the tokens, targets and loss mask are exactly the training ones
-(DESIGN.md §3: loss on answer tokens and the final EOS). Batches are padded to `batch_size` rows with empty loss
-masks (one compiled shape per length bucket).
+(docs/design.md §3.3.1: loss on answer tokens and the final EOS). The samples are the model's system's
+(`lav2_jax.core.registry.of`): its fields of the pipeline (`lav2_jax.train.data.system_options`), the template it
+reads that kind of dataset with (`System.data_template`; LLaVA: `plain` for captions, `vicuna_v1` otherwise) and
+the splice's image preprocessing (`SpliceConfig.image_aspect_ratio`). Batches are padded to `batch_size` rows with
+empty loss masks (one compiled shape per length bucket).
 
 Per batch b the record ``{"id": "NAME/b", "stream", "loss_sum", "tokens", "rows"}`` is appended to
 predictions.jsonl (resumable like every runner); the summary gives, per stream, ``loss`` = Σ loss_sum / Σ tokens
@@ -20,9 +23,18 @@ import math
 import os
 from typing import Optional
 
+import jax
+import ml_collections
 import numpy as np
+from tqdm.auto import tqdm
 
+from lav2_jax.core import registry
+from lav2_jax.data.pipeline import Pipeline, PipelineConfig
+from lav2_jax.data.records import open_source
+from lav2_jax.data.samples import kind_of
 from lav2_jax.eval.runner import EvalError, PredictionLog
+from lav2_jax.train.data import system_options
+from lav2_jax.train.loss import token_loss_sums
 
 
 class _Head:
@@ -48,12 +60,19 @@ def parse_stream(spec: str) -> tuple[Optional[str], str]:
     return None, spec
 
 
+def system_fields(adapter, kind: str) -> dict:
+    """The PipelineConfig fields of `adapter`'s system for a held-out dataset of kind `kind`: what training reads
+    from `config.data` (`system_options`), given the system's template for that kind and the splice's image
+    preprocessing."""
+    d = {"template": registry.of(adapter).data_template(adapter, kind)}
+    splice = adapter.splice if adapter is not None else None
+    if splice is not None:
+        d["image_aspect"] = splice.image_aspect_ratio
+    return system_options(ml_collections.ConfigDict(d), adapter)
+
+
 @functools.lru_cache(maxsize=8)
 def _loss_fn(model):
-    import jax
-
-    from lav2_jax.train.loss import token_loss_sums
-
     def f(params, tokens, targets, loss_mask, images, has_image):
         hidden = model.apply({"params": params}, tokens, images, has_image, return_hidden=True)
         return token_loss_sums(hidden, params["output"]["kernel"], targets, loss_mask)
@@ -75,10 +94,6 @@ def _pad_rows(batch: dict, rows: int) -> dict:
 def stream_loss(bundle, name: str, path: str, log: PredictionLog, *, batch_size: int = 8, max_len: int = 512,
                 limit: Optional[int] = None, split: str = "train", progress: bool = True) -> tuple[str, dict]:
     """Runs one stream (see the module docstring); returns (its name, its summary entry)."""
-    from tqdm.auto import tqdm
-
-    from lav2_jax.data.pipeline import Pipeline, PipelineConfig, open_source
-
     if not os.path.isdir(path):
         raise EvalError(f"dataset not found: {path}")
     try:
@@ -91,10 +106,11 @@ def stream_loss(bundle, name: str, path: str, log: PredictionLog, *, batch_size:
         raise EvalError(f"{path}: no records (split {split!r})")
     model = bundle.model
     size = model.vision.image_size if model.vision is not None else 224
-    cfg = PipelineConfig(batch_size=batch_size, max_len=max_len, shuffle=False, num_epochs=1, train=False,
-                         image_size=size, channel_order=getattr(bundle, "channel_order", "rgb"), shard_index=0,
-                         shard_count=1, drop_remainder=False, read_threads=1)
     try:
+        cfg = PipelineConfig(batch_size=batch_size, max_len=max_len, shuffle=False, num_epochs=1, train=False,
+                             image_size=size, channel_order=getattr(bundle, "channel_order", "rgb"), shard_index=0,
+                             shard_count=1, drop_remainder=False, read_threads=1,
+                             **system_fields(model.adapter, kind_of(source[0])))
         pipe = Pipeline(source, bundle.tokenizer, cfg)
     except ValueError as e:
         raise EvalError(f"{path}: {e}") from None
@@ -122,7 +138,8 @@ def stream_loss(bundle, name: str, path: str, log: PredictionLog, *, batch_size:
     tokens = sum(r["tokens"] for r in recs)
     loss = sum(r["loss_sum"] for r in recs) / tokens if tokens else float("nan")
     return name, {"loss": loss, "perplexity": math.exp(loss) if tokens else float("nan"), "tokens": int(tokens),
-            "rows": sum(r["rows"] for r in recs), "batches": b, "dropped": int(it.dropped), "path": os.path.abspath(path)}
+                  "rows": sum(r["rows"] for r in recs), "batches": b, "dropped": int(it.dropped),
+                  "path": os.path.abspath(path)}
 
 
 def table_rows(summary: dict) -> list[tuple[str, object]]:

@@ -11,9 +11,9 @@ a subtask missing from the root is reported (`missing_subtasks`), not fatal; a t
 "missing image" skip. A line that is not ``question<TAB>Yes|No`` is a skip record naming ``file:line``
 ("malformed question line"), or `EvalError` under `strict`.
 
-Prompt: the Alpaca no-input template around the question (DESIGN.md §3 — the release formats every question with
-it), greedy decoding. Answers parse to yes / no / other (`parse_answer`: the whole answer when it is yes or no,
-else whether "yes" or "no" occurs in its first four characters — MME's own rule).
+Prompt: the Alpaca no-input template around the question (docs/design.md §3.3.2 — the release formats every
+question with it), greedy decoding. Answers parse to yes / no / other (`parse_answer`: the whole answer when it is
+yes or no, else whether "yes" or "no" occurs in its first four characters — MME's own rule).
 
 Scores (`score`): per subtask `acc` (fraction of questions right), `acc_plus` (fraction of images with every
 question right) and `score` = 100·acc + 100·acc_plus; `perception` / `cognition` = sum of the scores of the
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Optional
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.eval.runner import EvalError, Item, skip_counts, skip_record
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",

@@ -38,6 +38,13 @@ import json
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from tqdm.auto import tqdm
+
+from lav2_jax.data.images import ImageError
+from lav2_jax.inference import generate
+from lav2_jax.inference.experts import ExpertUnavailable, load_for_model
+from lav2_jax.inference.prompts import from_alpaca
+
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 
@@ -175,8 +182,6 @@ def limit_items(items: Sequence[Item], limit: Optional[int]) -> list[Item]:
 
 def _bad_image(path: str, load_image: Callable[[str], Any]):
     """(pixels, None) or (None, reason)."""
-    from lav2_jax.data.images import ImageError
-
     if not os.path.isfile(path):
         return None, "missing image"
     try:
@@ -194,8 +199,6 @@ def run_items(items: Sequence[Item], predict: Callable[[list[str], list], list[s
     group the same items together. Images are loaded before a batch is predicted; a bad one becomes a skip
     record (or `EvalError` when `strict`).
     """
-    from tqdm.auto import tqdm
-
     items = list(items)
     batch_size = max(int(batch_size), 1)
     done = sum(it.id in log for it in items)
@@ -240,19 +243,14 @@ def model_predictor(bundle, max_new_tokens: int = 64, temperature: float = 0.0, 
     load_image(path): the model's preprocessing (its vision tower's size, the checkpoint's channel order);
     EvalError when the model has no vision tower.
     """
-    from lav2_jax.inference import generate
-
     def predict(prompts: list[str], images: list) -> list[str]:
-        from lav2_jax.system_templates import from_alpaca  # the benchmarks' Alpaca prompts in the model's format
-
+        # the benchmarks' Alpaca prompts in the model's format
         prompts = [from_alpaca(bundle.model.adapter, p, im is not None) for p, im in zip(prompts, images)]
         imgs = images if any(im is not None for im in images) else None
         return generate(bundle, prompts, imgs, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, seed=seed, mesh=mesh).texts
 
     def load_image(path: str):
-        from lav2_jax.inference.experts import ExpertUnavailable, load_for_model
-
         try:
             return load_for_model(bundle, path)
         except ExpertUnavailable as e:

@@ -8,12 +8,13 @@ Layout (`SQA_DIR`, the release of the ScienceQA authors):
   pid_splits.json  {"train": [pid, ...], "val": [...], "test": [...], ...}
   images/<split>/<pid>/image.png
 
-Prompt (`prompt`): the Alpaca template (DESIGN.md §3) with the instruction ``"Question: {question}\\nOptions: (A)
-{choice0} (B) {choice1} ...\\nAnswer with the option's letter from the given choices directly."`` and, when the
-problem has a hint (its text context), the Input ``"Context: {hint}"``; the image (if any) goes to the model.
+Prompt (`prompt`): the Alpaca template (docs/design.md §3.3.2) with the instruction
+``"Question: {question}\\nOptions: (A) {choice0} (B) {choice1} ...\\nAnswer with the option's letter from the given
+choices directly."`` and, when the problem has a hint (its text context), the Input ``"Context: {hint}"``; the image
+(if any) goes to the model.
 
-Answer parsing (`parse_letter`): "The answer is (B)" / "answer: B" / "(B)" / "B" alone or a leading "B." / "B)" / "B:" / the exact
-text of one choice; a letter outside the choices, or nothing found, counts as wrong.
+Answer parsing (`parse_letter`): "The answer is (B)" / "answer: B" / "(B)" / "B" alone or a leading "B." / "B)" /
+"B:" / the exact text of one choice; a letter outside the choices, or nothing found, counts as wrong.
 
 Breakdowns (`score`; fractions in [0, 1], ScienceQA's published tables use percent): `accuracy`; `by_subject`
 natural / social / language; `by_context` text (non-empty hint) / image (has an image) / none (neither) — text
@@ -28,12 +29,13 @@ import re
 import string
 from typing import Iterable, Optional
 
-from lav2_jax import templates
+from lav2_jax.core import templates
 from lav2_jax.eval.runner import EvalError, Item, read_json, skip_counts, skip_record
 
 LETTERS = string.ascii_uppercase
 SUBJECTS = {"natural science": "natural", "social science": "social", "language science": "language"}
-INSTRUCTION = "Question: {question}\nOptions: {options}\nAnswer with the option's letter from the given choices directly."
+INSTRUCTION = ("Question: {question}\nOptions: {options}\n"
+               "Answer with the option's letter from the given choices directly.")
 MALFORMED = "malformed problem"
 
 

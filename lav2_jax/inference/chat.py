@@ -1,9 +1,9 @@
-"""Multi-turn chat with the chat template of DESIGN.md §3 (`lav2_jax.templates.chat_prompt`; mPLUG-Owl
-checkpoints use their own, `lav2_jax.system_templates`).
+"""Multi-turn chat with the chat template of docs/design.md §3.3.2 (`lav2_jax.core.templates.chat_prompt`; mPLUG-Owl
+checkpoints use their own, `lav2_jax.inference.prompts`).
 
 Each reply is generated from the whole conversation rendered by `chat_prompt(turns, system)` (system text, "###"
 separators, roles Human / Assistant, ending in "###Assistant:"), encoded with BOS and no EOS. Generation stops at
-EOS or at the text "###" (the model learnt to end a turn with it: `lav2_jax.templates`); the reply is stored
+EOS or at the text "###" (the model learnt to end a turn with it: `lav2_jax.core.templates`); the reply is stored
 stripped, so the next prompt renders it as " {reply}###" exactly as in training.
 
 Context: the rendered prompt plus `max_new_tokens` must fit the model's `max_seq_len`. When it does not, the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from typing import Callable, Iterator, Optional
 
-from lav2_jax import system_templates
+from lav2_jax.inference import prompts as system_templates
 from lav2_jax.inference.generation import PromptTooLong, encode_prompts
 from lav2_jax.inference.streaming import stream_text
 
@@ -45,7 +45,7 @@ class ChatSession:
         return self.bundle.model.config.max_seq_len
 
     def _render(self, turns) -> str:
-        """The prompt of `turns` in the bundle's system format (`lav2_jax.system_templates`)."""
+        """The prompt of `turns` in the bundle's system format (`lav2_jax.inference.prompts`)."""
         images = 0 if self.image is None else len(self.image) if getattr(self.image, "ndim", 3) == 4 else 1
         return system_templates.chat_prompt(self.bundle.model.adapter, turns, self.system, images)
 

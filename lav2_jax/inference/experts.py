@@ -5,8 +5,8 @@ path (str / PathLike) or a `PIL.Image.Image`. Plug in more with `register_expert
 the bundle (it may ignore it) and keyword options.
 
 Prompt composition (exactly, tested): `expert_prompt(instruction, image, expert) ==
-lav2_jax.templates.alpaca(instruction, input=expert(image).strip())` — the expert's text, stripped of surrounding
-whitespace, fills the `### Input:` field of the Alpaca template (DESIGN.md §3); an expert that finds nothing
+lav2_jax.core.templates.alpaca(instruction, input=expert(image).strip())` — the expert's text, stripped of surrounding
+whitespace, fills the `### Input:` field of the Alpaca template (docs/design.md §3.3.2); an expert that finds nothing
 (blank text) gives the no-input template.
 
 Built in:
@@ -24,7 +24,9 @@ from typing import Callable, Protocol, Union
 
 from PIL import Image
 
-from lav2_jax import templates
+from lav2_jax.core import templates
+from lav2_jax.data.images import decode, preprocess
+from lav2_jax.inference.generation import generate
 
 ImageInput = Union[str, os.PathLike, Image.Image]
 
@@ -41,8 +43,6 @@ class Expert(Protocol):
 
 def load_for_model(bundle, image: ImageInput):
     """An image file / PIL image → the model's preprocessed float32 [S, S, 3] (its size and channel order)."""
-    from lav2_jax.data.images import preprocess
-
     vision = bundle.model.vision
     if vision is None:
         raise ExpertUnavailable("this model has no vision tower (it is text-only), so it cannot take an image")
@@ -64,8 +64,6 @@ class CaptionExpert:
         self.options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
     def __call__(self, image: ImageInput) -> str:
-        from lav2_jax.inference.generation import generate
-
         pixels = load_for_model(self.bundle, image)
         return generate(self.bundle, [templates.caption_prompt()], [pixels], **self.options).texts[0].strip()
 
@@ -89,8 +87,6 @@ class OcrExpert:
         self._ocr, self.lang = pytesseract, lang
 
     def __call__(self, image: ImageInput) -> str:
-        from lav2_jax.data.images import decode
-
         img = image if isinstance(image, Image.Image) else decode(image)
         return re.sub(r"\s+", " ", self._ocr.image_to_string(img, lang=self.lang)).strip()
 

@@ -1,7 +1,7 @@
-"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (DESIGN §3).
+"""Batched generation with a KV cache: `generate(bundle, prompts, ...)` and token streaming (docs/design.md §3.3.3).
 
 `bundle` is what `lav2_jax.load_pretrained` returns (anything with `.model`, `.params`, `.tokenizer`). Prompts are
-final strings (apply `lav2_jax.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.
+final strings (apply `lav2_jax.core.templates.alpaca(...)` etc. first); each is encoded with BOS and no EOS.
 
 Host side (this module): encode, bucket shapes, pad, place on devices, decode the result. Traced side:
 `lav2_jax.inference.engine` (prefill + `lax.while_loop`, one jitted call per shape bucket).
@@ -13,7 +13,7 @@ Buckets (few compilations): prompt length → a power of two >= 16 (capped at th
 slots are overwritten before any row can attend to them, so padding never reaches an output.
 
 Sharding: under a mesh (passed as `mesh=`, or found on the parameters when `load_pretrained(..., mesh=)` placed
-them) the parameters are put on their training shardings (`lav2_jax.sharding.logical_shardings`) and the batch is
+them) the parameters are put on their training shardings (`lav2_jax.core.sharding.logical_shardings`) and the batch is
 split over the mesh axes of the logical `act_batch` axis (data × fsdp); jit propagates the rest.
 
 Streaming (`stream`): a Python loop over one jitted decode step, one host round trip per token — chosen over a host
@@ -28,11 +28,17 @@ import functools
 import os
 from typing import Iterator, NamedTuple, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from lav2_jax.core.sharding import LOGICAL_RULES, logical_shardings
+from lav2_jax.data.images import stack_image_slots
 from lav2_jax.inference import engine
+from lav2_jax.model.factory import abstract_params, unscanned, unstack_layers
+from lav2_jax.model.splice import check_placeholders
 
 
 class Generated(NamedTuple):
@@ -73,7 +79,7 @@ class _Batch:
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """BOS + prompt, no EOS (DESIGN §3)."""
+    """BOS + prompt, no EOS (docs/design.md §3.3.3)."""
     return [list(tokenizer.encode(p, bos=True, eos=False)) for p in prompts]
 
 
@@ -120,8 +126,6 @@ def _stack_image_slots(model, rows, B: int, size: int):
         raise ImageNotSupported("several images per prompt need a spliced system (mPLUG-Owl, LLaVA); this model "
                                 "takes one image per prompt")
     stacks = [np.zeros((0, size, size, 3), np.float32) if im is None else np.asarray(im, np.float32) for im in rows]
-    from lav2_jax.data.owl_samples import stack_image_slots
-
     stacks = [x[None] if x.ndim == 3 else x for x in stacks]
     for i, x in enumerate(stacks):
         if x.shape[1:] != (size, size, 3):
@@ -153,7 +157,6 @@ def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_token
     imgs, has = _stack_images(model, images, n, B)
     splice = model.adapter.splice
     if splice is not None:  # LLaVA / mPLUG-Owl: one `<image>` (n_tokens placeholder ids) per given image
-        from lav2_jax.model.splice import check_placeholders
         try:
             check_placeholders(tokens[:n], splice.image_token_id, splice.n_tokens,
                                0 if has is None else has[:n] if has.ndim == 1 else has[:n].sum(axis=1))
@@ -164,18 +167,10 @@ def prepare(model, tokenizer, prompts: Sequence[str], images=None, max_new_token
 
 @functools.lru_cache(maxsize=16)
 def _param_shardings(model, mesh):
-    from lav2_jax.model.factory import abstract_params
-    from lav2_jax.sharding import logical_shardings
-
     return logical_shardings(abstract_params(model, boxed=True), mesh)
 
 
 def _batch_spec():
-    import flax.linen as nn
-    from jax.sharding import PartitionSpec
-
-    from lav2_jax.sharding import LOGICAL_RULES
-
     return PartitionSpec(*nn.logical_to_mesh_axes(("act_batch",), LOGICAL_RULES))
 
 
@@ -199,8 +194,6 @@ def place(model, params, batch: _Batch, mesh):
               "images": batch.images, "has_image": batch.has_image}
     if mesh is None:
         return params, {k: None if v is None else jnp.asarray(v) for k, v in arrays.items()}
-    from jax.sharding import NamedSharding, PartitionSpec
-
     params = jax.device_put(params, _param_shardings(model, mesh))
     axes = _batch_spec()[0]
 
@@ -243,8 +236,6 @@ def decode_view(bundle, model, params, mesh):
         ram = 0
     if _param_bytes(params) * 4 > ram:
         return model, params
-    from lav2_jax.model.factory import unscanned, unstack_layers
-
     view = (params, unscanned(model), unstack_layers(params, model.config.n_layers))
     try:
         object.__setattr__(bundle, "_cpu_decode_view", view)
@@ -253,11 +244,10 @@ def decode_view(bundle, model, params, mesh):
     return view[1], view[2]
 
 
-def _scalars(temperature: float, top_p: float, seed: int, tokenizer) -> dict:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    return {"key": jax.random.PRNGKey(seed), "temperature": jnp.float32(max(temperature, 1e-6)),
-            "top_p": jnp.float32(top_p), "eos_id": jnp.int32(tokenizer.eos_id), "pad_id": jnp.int32(tokenizer.pad_id)}
+def sampling_spec(batch: _Batch, tokenizer, temperature: float, top_p: float, seed: int) -> engine.SamplingSpec:
+    """The engine's sampling spec for one prepared call (its buffer and cache lengths, the tokenizer's EOS/pad)."""
+    return engine.SamplingSpec.create(temperature, top_p, seed, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                      cache_len=batch.cache_len, new_len=batch.new_len)
 
 
 def cut_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
@@ -267,7 +257,8 @@ def cut_at_eos(ids: Sequence[int], eos_id: int) -> list[int]:
 
 def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: int = 256, temperature: float = 0.1,
              top_p: float = 0.75, seed: int = 0, *, mesh=None) -> Generated:
-    """Generates a continuation of every prompt (DESIGN §3 decoding: greedy at temperature 0, else the top-p rule).
+    """Generates a continuation of every prompt (docs/design.md §3.3.3 decoding: greedy at temperature 0, else the
+    top-p rule).
 
     prompts: list of final strings (or one string); images: None, a float array [B, H, W, 3] of preprocessed
     images, or a list with an [H, W, 3] array or None per prompt. Spliced systems (LLaVA, mPLUG-Owl) take the
@@ -287,8 +278,8 @@ def generate(bundle, prompts: Sequence[str] | str, images=None, max_new_tokens: 
     model, params = decode_view(bundle, model, params, mesh)
     batch = prepare(model, tok, prompts, images, max_new_tokens, _data_size(mesh))
     params, inputs = place(model, params, batch, mesh)
-    out, count = engine.generate_fn(model, temperature == 0, batch.cache_len, batch.new_len, params, **inputs,
-                                    **_scalars(temperature, top_p, seed, tok))
+    spec = sampling_spec(batch, tok, temperature, top_p, seed)
+    out, count = engine.generate_fn(model, spec, params, **inputs)
     out, count = np.asarray(out), np.asarray(count)
     ids = [cut_at_eos(out[i, :count[i]], tok.eos_id) for i in range(batch.n)]
     return Generated([tok.decode(r) for r in ids], ids)
@@ -309,19 +300,17 @@ def stream(bundle, prompt: str, image=None, max_new_tokens: int = 256, temperatu
     model, params = decode_view(bundle, model, params, mesh)
     batch = prepare(model, tok, [prompt], None if image is None else [image], max_new_tokens, _data_size(mesh))
     params, inputs = place(model, params, batch, mesh)
-    sc = _scalars(temperature, top_p, seed, tok)
-    greedy = temperature == 0
-    state = engine.prefill_fn(model, greedy, batch.cache_len, batch.new_len, params, **inputs, **sc)
-    step_args = {k: inputs[k] for k in ("lengths", "budgets")}
+    spec = sampling_spec(batch, tok, temperature, top_p, seed)
+    state = engine.prefill_fn(model, spec, params, **inputs)
     produced = 0
     while True:
-        count = int(state["count"][0])
+        count = int(state.count[0])
         if count > produced:
             produced = count
-            token = int(state["tok"][0])
+            token = int(state.tok[0])
             if token == tok.eos_id:
                 return
             yield token
-        if bool(state["done"][0]) or int(state["step"]) >= batch.new_len:
+        if bool(state.done[0]) or int(state.step) >= batch.new_len:
             return
-        state = engine.step_fn(model, greedy, params, state, **step_args, **sc)
+        state = engine.step_fn(model, spec, params, state)

@@ -1,4 +1,4 @@
-"""Next-token selection (DESIGN.md §3 "Generation (release)").
+"""Next-token selection (docs/design.md §3.3.3).
 
 * Greedy when the temperature is 0: `argmax(logits)` (ties → the lowest id, as `jnp.argmax`).
 * Otherwise the release's top-p rule: `probs = softmax(logits / temperature)`, sorted descending; a token is

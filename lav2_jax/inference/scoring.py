@@ -55,5 +55,5 @@ def encode_images(bundle, images) -> np.ndarray:
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise ValueError(f"images have shape {images.shape}; this model takes preprocessed [B, {size}, {size}, 3] "
                          "images (lav2_jax.data.images.preprocess)")
-    module = VisualTokens(model.config, model.adapter, model.vision)  # reads its subtrees of the full params
+    module = VisualTokens.of(model)  # reads its subtrees of the full params
     return np.asarray(_encode_fn(module, params, images), np.float32)

@@ -1,4 +1,4 @@
-"""A frozen linear layer with the LLaMA-Adapter V2 linear adapters (paper §4.1, DESIGN.md §1.2).
+"""A frozen linear layer with the LLaMA-Adapter V2 linear adapters (paper §4.1, docs/design.md §3.1).
 
 Placements (`AdapterConfig.linear_kind`):
   output       y = s ⊙ (W x + b)       s [out] init 1, b [out] init 0        (paper, "bias tuning")

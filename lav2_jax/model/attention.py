@@ -1,4 +1,4 @@
-"""Causal GQA self-attention with RoPE, adapted linears and gated prompts (DESIGN.md §1.1–1.2).
+"""Causal GQA self-attention with RoPE, adapted linears and gated prompts (docs/design.md §2.3, §3.1).
 
 One module serves training (no cache), prefill (cache given, `decode=False`: writes keys/values and computes the
 prompts' keys/values once into the cache) and decoding (`decode=True`: reads the prompts' keys/values from the cache,
@@ -23,10 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.adapted_dense import adapted_dense
 from lav2_jax.model.blocked_attention import blocked_causal_attention
 from lav2_jax.model.common import as_dtype, constrain, tag, trainable_param
+from lav2_jax.model.flash import splash_attention
 from lav2_jax.model.prompt_attention import gate_weight, gated_prompt_attention, prompt_kv
 from lav2_jax.model.rope import apply_rope, rope_angles
 from lav2_jax.model.segments import causal_mask, prompt_mask
@@ -80,8 +81,6 @@ class Attention(nn.Module):
             k_all, v_all, k_pos = k, v, positions
 
         if c.attention == "flash" and cache is None and T % 128 == 0:  # the kernel tiles T by 128 (else XLA)
-            from lav2_jax.model.flash import splash_attention
-
             out = splash_attention(q, k.astype(dtype), v.astype(dtype), segment_ids)
         elif c.attention == "blocked" and cache is None:  # causal query blocks (lav2_jax.model.blocked_attention)
             out = blocked_causal_attention(q, k.astype(dtype), v.astype(dtype), positions, segment_ids)
@@ -132,5 +131,6 @@ class Attention(nn.Module):
         if new_cache is not None:
             for name, value in ((f"{source}_k", pk), (f"{source}_v", pv)):
                 stacked = new_cache[name]
-                new_cache[name] = stacked.at[layer].set(jnp.broadcast_to(value, stacked.shape[1:]).astype(stacked.dtype))
+                value = jnp.broadcast_to(value, stacked.shape[1:]).astype(stacked.dtype)
+                new_cache[name] = stacked.at[layer].set(value)
         return pk, pv

@@ -1,4 +1,4 @@
-"""One pre-norm decoder layer (DESIGN.md §1.1): `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
+"""One pre-norm decoder layer (docs/design.md §2.1): `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
 
 Written for `nn.scan`: `__call__((x, cache), layer_in, shared)` where `layer_in` holds this layer's slice of the
 stacked per-layer inputs (its index, prompt tokens, flags, gates) and `shared` the inputs every layer sees
@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.attention import Attention
 from lav2_jax.model.common import constrain, tag
 from lav2_jax.model.ffn import FeedForward

@@ -1,4 +1,4 @@
-"""Causal attention in query blocks, for XLA:CPU training (`ModelConfig.attention="blocked"`; DESIGN.md §1.1).
+"""Causal attention in query blocks, for XLA:CPU training (`ModelConfig.attention="blocked"`; docs/design.md §2.3).
 
 Without a cache the rows are causal in their own order: positions increase along a row (within each segment of a
 packed row, `lav2_jax.model.segments`), so query i never sees a key j > i. Cutting the T queries into blocks of

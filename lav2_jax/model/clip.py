@@ -1,4 +1,4 @@
-"""The frozen CLIP vision tower (OpenAI ViT layout), DESIGN.md §1.3 and §4.
+"""The frozen CLIP vision tower (OpenAI ViT layout), docs/design.md §3.2.1 and §7.5.
 
 `CLIPVisionTower(config)(images [B, H, W, 3]) -> tokens [B, num_tokens, output_dim]`: patch embedding (no bias),
 class token, learned positions, `ln_pre`, `layers` pre-LN residual blocks (quick_gelu MLP), then `ln_post` and the
@@ -24,8 +24,8 @@ M = int(width * mlp_ratio), P = patch_size, T = num_tokens, L = layers, O = outp
 Hugging Face `CLIPVisionModel` (hub files prefix `vision_model.`; the transformers-5 module's own state dict has
 no prefix): `embeddings.patch_embedding.weight` → conv1 (same transpose), `embeddings.class_embedding`,
 `embeddings.position_embedding.weight`, `pre_layrnorm` → ln_pre, `encoder.layers.N.self_attn.{q,k,v,out}_proj`
-→ attn/{q,k,v,out} (weight.T), `layer_norm1/2` → ln_1/2, `mlp.fc1/fc2` → c_fc/c_proj, `post_layernorm` → ln_post,
-`visual_projection.weight` [O, D] (in `CLIPModel` / `CLIPVisionModelWithProjection`) → proj = weight.T.
+→ attn/{q,k,v,out} (weight.T), `layer_norm1/2` → ln_1/2, `mlp.fc1/fc2` → c_fc/c_proj, `post_layernorm` →
+ln_post, `visual_projection.weight` [O, D] (in `CLIPModel` / `CLIPVisionModelWithProjection`) → proj = weight.T.
 
 Compute runs in `config.dtype`; LayerNorm statistics and the softmax in float32. The blocks run under `nn.scan`
 (params stacked on a leading `layers` axis) with the named remat policy `config.remat_policy`.
@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import VisionConfig
+from lav2_jax.core.config import VisionConfig
 from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, tag, trainable_param
 from lav2_jax.model.norms import LayerNorm
 
@@ -59,7 +59,8 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 
 
 class Dense(nn.Module):
-    """x [..., in] → [..., features]: `kernel` [in, features] (+ `bias` [features]); frozen unless weight_dtype None."""
+    """x [..., in] → [..., features]: `kernel` [in, features] (+ `bias` [features]); frozen unless weight_dtype
+    None."""
 
     features: int
     axes: tuple[str | None, str | None]  # logical names of (in, out)

@@ -4,10 +4,11 @@ Dtype policy (Levanter-style, trainability-aware): frozen weights are stored in 
 trainable adapter parameters always in float32, activations in the compute `dtype`; norm statistics, softmax and
 logits in float32.
 
-Logical axes (DESIGN.md §5): parameters and activations carry names only; `lav2_jax.sharding.LOGICAL_RULES` maps them
-to mesh axes. Parameter names: batch, length, embed, heads, kv_heads, head_dim, mlp, vocab, layers, prompt, plus the
-vision names vis_embed, vis_mlp, vis_heads, vis_tokens. Activations use the `act_` prefix so that an activation's
-embed axis can stay replicated while a weight's embed axis is sharded over `fsdp`.
+Logical axes (docs/design.md §8.1): parameters and activations carry names only;
+`lav2_jax.core.sharding.LOGICAL_RULES` maps them to mesh axes. Parameter names: batch, length, embed, heads,
+kv_heads, head_dim, mlp, vocab, layers, prompt, plus the vision names vis_embed, vis_mlp, vis_heads, vis_tokens.
+Activations use the `act_` prefix so that an activation's embed axis can stay replicated while a weight's embed axis
+is sharded over `fsdp`.
 """
 
 from __future__ import annotations

@@ -8,13 +8,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core import registry
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
 from lav2_jax.model.transformer import Transformer
 
 
 def build_model(config: ModelConfig, adapter: AdapterConfig, vision: Optional[VisionConfig] = None) -> Transformer:
+    """The Transformer of `adapter`'s system (`lav2_jax.core.registry.of`), with that system's visual front-end
+    (`System.visual_front_end`) after its config checks (`System.check_configs`)."""
     adapter.check(config)
-    return Transformer(config, adapter, vision)
+    system = registry.of(adapter)
+    system.check_configs(adapter, vision)
+    front_end = system.visual_front_end(adapter)
+    if adapter.splice is not None and front_end is None:
+        raise ValueError(f"system {system.name!r} has no visual front-end for a spliced visual path "
+                         f"(SpliceConfig.system={adapter.splice.system!r})")
+    return Transformer(config, adapter, vision, front_end)
 
 
 def dummy_inputs(model: Transformer, batch: int = 1, length: int = 1) -> dict:
@@ -88,4 +97,4 @@ def unstack_layers(params: dict, n_layers: int, consume: bool = False) -> dict:
 
 def unscanned(model: Transformer) -> Transformer:
     """The same model with its layers as a Python loop (`ModelConfig.scan_layers=False`)."""
-    return Transformer(model.config.replace(scan_layers=False), model.adapter, model.vision)
+    return model.clone(config=model.config.replace(scan_layers=False))

@@ -1,11 +1,11 @@
-"""SwiGLU feed-forward (DESIGN.md §1.1): `w2(silu(w1 x) * w3 x)`, each linear an AdaptedDense."""
+"""SwiGLU feed-forward (docs/design.md §2.1): `w2(silu(w1 x) * w3 x)`, each linear an AdaptedDense."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.adapted_dense import adapted_dense
 from lav2_jax.model.common import constrain, tag
 

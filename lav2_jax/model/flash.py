@@ -1,4 +1,5 @@
-"""Causal attention through the Pallas TPU splash (flash) kernel (`ModelConfig.attention="flash"`, DESIGN.md §5).
+"""Causal attention through the Pallas TPU splash (flash) kernel (`ModelConfig.attention="flash"`,
+docs/design.md §2.3).
 
 The kernel never materialises the [T, S] score matrix: per-chip temporary memory grows with T instead of T², which
 is what lets 2,048–4,096-token rows (LLaVA-style: 576 image tokens + text) train without the XLA attention's

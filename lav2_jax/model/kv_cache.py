@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from lav2_jax.config import AdapterConfig, ModelConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig
 from lav2_jax.model.common import as_dtype
 
 

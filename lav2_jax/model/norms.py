@@ -1,4 +1,4 @@
-"""RMSNorm (DESIGN.md §1.1) and LayerNorm with the project's dtype policy.
+"""RMSNorm (docs/design.md §2.1) and LayerNorm with the project's dtype policy.
 
 Both normalise with float32 statistics, cast back to the compute dtype, then apply their weight. A norm whose
 weight is trainable (paper §4.1 "unfreeze all normalisation layers") stores it in float32; a frozen one in the

@@ -1,4 +1,4 @@
-"""Gated prompt attention — LLaMA-Adapter's zero-initialised attention (paper §3, §4.3; DESIGN.md §1.2).
+"""Gated prompt attention — LLaMA-Adapter's zero-initialised attention (paper §3, §4.3; docs/design.md §3.1.3).
 
 For a layer with prompt tokens P [B|1, len, D] the prompts' keys/values come from the layer's own wk/wv (with their
 bias/scale adapter, without LoRA, without RoPE). The queries are the layer's ordinary (rotated) queries. Prompt

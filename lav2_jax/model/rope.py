@@ -1,4 +1,4 @@
-"""Rotary position embedding (DESIGN.md §1.1).
+"""Rotary position embedding (docs/design.md §2.2).
 
 Internal layout: the *half-split* ("rotate_half") layout of Hugging Face checkpoints: within each head, dimension
 `i` pairs with `i + head_dim/2`. Meta checkpoints pair adjacent dims `(2i, 2i+1)`; their wq/wk rows (and any q/k

@@ -1,4 +1,4 @@
-"""Packed sequences: several samples per row, told apart by segment ids (DESIGN.md §3: loss per sample).
+"""Packed sequences: several samples per row, told apart by segment ids (docs/design.md §3.3.1: loss per sample).
 
 A packed row holds samples 1..S back to back; `segment_ids` [B, T] int32 gives each token's sample (1-based) and 0
 for padding. Positions restart at 0 in every segment, so RoPE sees each sample exactly as it would alone, and the

@@ -1,4 +1,4 @@
-"""Visual tokens spliced into the token sequence (LLaVA, mPLUG-Owl; SEED_SYSTEMS.md §1.2, §3.3).
+"""Visual tokens spliced into the token sequence (LLaVA, mPLUG-Owl; docs/design.md §4.2, §5.3).
 
 Interface (the Hugging Face convention: the model never changes the sequence length):
 
@@ -8,16 +8,17 @@ Interface (the Hugging Face convention: the model never changes the sequence len
   sample with an image is simply `n_tokens` tokens longer.
 * `Transformer(tokens [B, T], images [B, N, H, W, 3] | [B, H, W, 3], has_image [B, N] | [B])` (or
   `visual_tokens=` [B, N, n_tokens, D] | [B, n_tokens, D]): every image slot is encoded by the system's visual
-  encoder (`visual_encoder(system)`), then `splice_visual` writes image k's tokens over the k-th run of
+  front-end (the Transformer's `front_end`), then `splice_visual` writes image k's tokens over the k-th run of
   placeholders of its row. Rows without placeholders are untouched (their slots, zero images, are encoded and
   discarded: static shapes). Placeholder ids are embedded as id 0 (`embed_ids`) and then overwritten, so the id
   may lie outside the vocabulary (e.g. 32000 with LLaVA's original 32000-word vocabulary). Decoding steps
   (`decode=True`) never splice.
-* Visual encoder contract (one function per system, resolved lazily by `visual_encoder`):
-  `encode(splice: SpliceConfig, vision: VisionConfig, model: ModelConfig, images [M, H, W, 3]) -> [M, n_tokens, D]`
-  in `model.dtype`, called inside the Transformer's compact scope, so the submodules it creates with fixed names
-  are top-level parameters (LLaVA: `clip/...` and `mm_projector/...`). Dropout may use the `dropout` rng when
-  present (`self.has_rng`).
+* Visual front-end contract (`lav2_jax.core.system.VisualFrontEnd`, one per system, `System.visual_front_end`,
+  given to the Transformer by `lav2_jax.model.factory.build_model`):
+  `encode(adapter: AdapterConfig, vision: VisionConfig, model: ModelConfig, images [M, H, W, 3]) -> [M, n_tokens, D]`
+  in `model.dtype` (the splice is `adapter.splice`), called inside the Transformer's compact scope, so the
+  submodules it creates with fixed names are top-level parameters (LLaVA: `clip/...` and `mm_projector/...`;
+  mPLUG-Owl: `owl_vision/...` and `abstractor/...`). Dropout may use the `dropout` rng when present.
 * Loss: a target that is a placeholder carries no loss (`image_target_mask`, `mask_image_targets`; the
   `labels = -100` form is `ignore_image_labels`).
 * Host checks: `check_placeholders` (numpy) raises when a row's placeholders do not form whole images or exceed
@@ -26,29 +27,13 @@ Interface (the Hugging Face convention: the model never changes the sequence len
 
 from __future__ import annotations
 
-import importlib
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 IGNORE_INDEX = -100
-
-ENCODERS = {
-    "llava": "lav2_jax.model.llava:llava_visual_tokens",
-    "owl": "lav2_jax.model.owl:owl_visual_tokens",
-}
-
-
-def visual_encoder(system: str) -> Callable:
-    """The visual encoder function of a spliced system (see the contract above)."""
-    try:
-        module, name = ENCODERS[system].split(":")
-    except KeyError:
-        raise ValueError(f"no visual encoder for system {system!r}; known: {', '.join(ENCODERS)}") from None
-    return getattr(importlib.import_module(module), name)
-
 
 def image_positions(tokens: jax.Array, image_token_id: int) -> jax.Array:
     """tokens [B, T] int → bool [B, T], True at image placeholders."""

@@ -1,4 +1,4 @@
-"""The LLaMA-Adapter V2 language model (DESIGN.md §1; paper §4.1–4.3) as one Flax Linen module.
+"""The LLaMA-Adapter V2 language model (docs/design.md §2–3; paper §4.1–4.3) as one Flax Linen module.
 
 Parameter tree (layer parameters stacked on a leading `n_layers` axis by `nn.scan`; torch [out, in] weights are
 stored transposed as [in, out] kernels):
@@ -13,34 +13,35 @@ stored transposed as [in, out] kernels):
   output/kernel                       [D, V]     frozen, untied
   adapter_query                       [Lp, P, D] adapter prompts of the last Lp = prompt_layers layers
   visual_gate                         [K, N]     early fusion: gates of the visual prompts in the first K layers
-  clip/...                            frozen CLIP ViT (lav2_jax.model.clip), with a VisionConfig
-  connector/...                       trainable visual connector (lav2_jax.model.connector)
-  mm_projector/..., clip/...          spliced systems (`adapter.splice`, lav2_jax.model.splice / .llava): visual
+  clip/..., connector/...             LLaMA-Adapter V2's visual front-end (frozen CLIP ViT, trainable connector)
+  mm_projector/..., owl_vision/...    spliced systems' front-ends (`adapter.splice`, lav2_jax.model.splice): visual
                                       tokens written over the prompt's image placeholders after the embedding
 
+The visual front-end is the `front_end` field (a `lav2_jax.core.system.VisualFrontEnd`, filled by
+`lav2_jax.model.factory.build_model` from the adapter's system); the submodules it creates are the top-level
+subtrees above (`clip/`, `connector/`, `mm_projector/`, `owl_vision/`, `abstractor/`).
+
 With `ModelConfig.scan_layers=False` the layer parameters are `layers_0 … layers_{L-1}` instead (the same per-layer
-trees, unstacked; `factory.unstack_layers` converts). Layers with and without prompts share one scanned structure: the adapter prompts are zero-padded to all layers and
-a per-layer 0/1 flag multiplies the gated prompt output (layer i has prompts iff i >= n_layers - Lp; visual prompts
-iff i < K in early fusion). The prompt path of an unprompted layer costs ~P/T of its attention and contributes
-exactly zero.
+trees, unstacked; `factory.unstack_layers` converts). Layers with and without prompts share one scanned
+structure: the adapter prompts are zero-padded to all layers and a per-layer 0/1 flag multiplies the gated prompt
+output (layer i has prompts iff i >= n_layers - Lp; visual prompts iff i < K in early fusion). The prompt path of
+an unprompted layer costs ~P/T of its attention and contributes exactly zero.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lav2_jax.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.core.config import AdapterConfig, ModelConfig, VisionConfig
+from lav2_jax.model import splice
 from lav2_jax.model.adapted_dense import AdaptedDense
 from lav2_jax.model.block import DecoderBlock
-from lav2_jax.model.clip import CLIPVisionTower
 from lav2_jax.model.common import as_dtype, constrain, frozen_param, maybe_remat, scan_layers, trainable_param
-from lav2_jax.model.connector import VisualConnector
-from lav2_jax.model import splice
 from lav2_jax.model.norms import RMSNorm
 from lav2_jax.model.segments import flatten_segment_prompts, segment_positions
 
@@ -64,9 +65,9 @@ class Transformer(nn.Module):
     """tokens [B, T] int32 → logits [B, T, V] float32 (or `(logits, cache)` when a cache is given).
 
     Visual input, when the adapter has a visual fusion mode: `images` [B, H, W, 3] normalised with `has_image` [B]
-    (encoded by the frozen CLIP tower and the connector, when `vision` is configured), or `visual_tokens`
-    [B, Q, D] fed directly. Early fusion: rows with `has_image` False get no visual prompts. Official fusion:
-    the visual tokens are added to every prompted layer's adapter prompts.
+    (encoded by `front_end`, the frozen CLIP tower and the connector, when `vision` is configured), or
+    `visual_tokens` [B, Q, D] fed directly. Early fusion: rows with `has_image` False get no visual prompts.
+    Official fusion: the visual tokens are added to every prompted layer's adapter prompts.
     `positions` [B, T] default to 0..T-1 (required with a cache). `decode=True` runs one cached step.
     `return_hidden=True` returns the final-normed hidden states [B, T, D] instead of logits.
     Packed rows (`lav2_jax.model.segments`): `segment_ids` [B, T] (1..S, 0 = padding) keep attention inside each
@@ -77,6 +78,7 @@ class Transformer(nn.Module):
     config: ModelConfig
     adapter: AdapterConfig
     vision: Optional[VisionConfig] = None
+    front_end: Optional[Callable] = None  # a VisualFrontEnd: images [M, H, W, 3] → visual tokens [M, n, D]
 
     @nn.compact
     def __call__(self, tokens: jax.Array, images: Optional[jax.Array] = None, has_image: Optional[jax.Array] = None,
@@ -180,37 +182,37 @@ class Transformer(nn.Module):
             images, _ = splice.as_slots(images, None)
             if images is None:
                 return x  # a text-only call: the rows hold no placeholders
-            if self.vision is None:
-                raise ValueError("Transformer: images were given but no vision tower is configured")
-            s.check(self.vision)
+            self._check_front_end()
             b, n = images.shape[:2]
-            encode = splice.visual_encoder(s.system)
-            visual_tokens = encode(s, self.vision, self.config, images.reshape((b * n,) + images.shape[2:]))
+            visual_tokens = self.front_end(self.adapter, self.vision, self.config,
+                                           images.reshape((b * n,) + images.shape[2:]))
             visual_tokens = visual_tokens.reshape((b, n) + visual_tokens.shape[1:])
         elif visual_tokens.ndim == 3:
             visual_tokens = visual_tokens[:, None]
         return splice.splice_visual(x, tokens, visual_tokens, s.image_token_id)
 
+    def _check_front_end(self) -> None:
+        if self.vision is None:
+            raise ValueError("Transformer: images were given but no vision tower is configured "
+                             "(build the model with a VisionConfig, or pass visual_tokens)")
+        if self.front_end is None:
+            raise ValueError(f"Transformer: images were given but the model has no visual front-end (system "
+                             f"{self.adapter.system!r}; build it with lav2_jax.model.factory.build_model)")
+
     def _encode_images(self, images: Optional[jax.Array], has_image: Optional[jax.Array], batch: int):
-        """images [B, H, W, 3] → visual tokens [B, Q, D] through the frozen CLIP tower and the connector.
+        """images [B, H, W, 3] → visual prompts [B, Q, D] through `front_end` (CLIP tower and connector).
 
         Official fusion: rows without an image (and image-less calls) see an all-zero image, as in the release.
         Early fusion: returns None without images (those rows get no visual prompts at all).
         """
         a = self.adapter
-        if self.vision is None:
-            if images is not None:
-                raise ValueError("Transformer: images were given but no vision tower is configured "
-                                 "(build the model with a VisionConfig, or pass visual_tokens)")
-            return None
         if images is None:
-            if a.visual_fusion != "official":
+            if self.vision is None or a.visual_fusion != "official":
                 return None
             size = self.vision.image_size
             images = jnp.zeros((1, size, size, 3), jnp.float32)
         elif a.visual_fusion == "official" and has_image is not None:
             images = jnp.where(has_image[:, None, None, None], images, 0.0)
-        clip_tokens = jax.lax.stop_gradient(CLIPVisionTower(self.vision, name="clip")(images))
-        connector = VisualConnector(a, self.config.dim, self.config.dtype, self.config.remat_policy, name="connector")
-        tokens = connector(clip_tokens)
+        self._check_front_end()
+        tokens = self.front_end(a, self.vision, self.config, images)
         return jnp.broadcast_to(tokens, (batch,) + tokens.shape[1:])

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lav2_jax.inference import engine
-from lav2_jax.inference.generation import decode_view, place, prepare
+from lav2_jax.inference.generation import decode_view, place, prepare, sampling_spec
 from lav2_jax.inference.streaming import TextStreamer
 
 
@@ -71,20 +71,15 @@ class BatchDecode:
         batch.budgets[:batch.n] = np.minimum(np.asarray(budgets, np.int32), batch.budgets[:batch.n])
         params, inputs = place(model, params, batch, None)
         self.n, self.new_len, self.eos_id = batch.n, batch.new_len, tok.eos_id
-        self.greedy = temperature == 0
         self.model, self.params = model, params
-        self.scalars = {"key": jax.random.PRNGKey(seed), "temperature": jnp.float32(max(temperature, 1e-6)),
-                        "top_p": jnp.float32(top_p), "eos_id": jnp.int32(tok.eos_id), "pad_id": jnp.int32(tok.pad_id)}
-        self.step_args = {k: inputs[k] for k in ("lengths", "budgets")}
-        self.state = engine.prefill_fn(model, self.greedy, batch.cache_len, batch.new_len, params, **inputs,
-                                       **self.scalars)
+        self.spec = sampling_spec(batch, tok, temperature, top_p, seed)
+        self.state = engine.prefill_fn(model, self.spec, params, **inputs)
         self.steps = 1
         self._seen = np.zeros((self.n,), np.int32)
         self._host()
 
     def _host(self) -> None:
-        tok, count, done, step = jax.device_get((self.state["tok"], self.state["count"], self.state["done"],
-                                                 self.state["step"]))
+        tok, count, done, step = jax.device_get((self.state.tok, self.state.count, self.state.done, self.state.step))
         count = np.asarray(count)[:self.n]
         self._tok, self._done = np.asarray(tok)[:self.n], np.asarray(done)[:self.n]
         self._new = count > self._seen
@@ -101,14 +96,13 @@ class BatchDecode:
     def advance(self, stop: Sequence[int] = ()) -> bool:
         """Marks rows `stop` done, then runs one decode step unless every row is done. False when finished."""
         if len(stop):
-            mask = np.zeros(self.state["done"].shape, bool)
+            mask = np.zeros(self.state.done.shape, bool)
             mask[list(stop)] = True
             self._done = self._done | mask[:self.n]
-            self.state = {**self.state, "done": self.state["done"] | jnp.asarray(mask)}
+            self.state = self.state.replace(done=self.state.done | jnp.asarray(mask))
         if self.finished:
             return False
-        self.state = engine.step_fn(self.model, self.greedy, self.params, self.state, **self.step_args,
-                                    **self.scalars)
+        self.state = engine.step_fn(self.model, self.spec, self.params, self.state)
         self.steps += 1
         self._host()
         return True

@@ -3,7 +3,7 @@
 Messages → the checkpoint's chat template (`chat_format`): system/developer messages (first, joined by "\n") are
 the system text (none: the template's default), then user/assistant turns that alternate, start with a user turn
 and end with one. The template is the one `lav2 chat` uses for the checkpoint's system
-(`lav2_jax.system_templates.chat_prompt` / `chat_stop` on `model.adapter`; LLaMA-Adapter V2: DESIGN.md §3
+(`lav2_jax.inference.prompts.chat_prompt` / `chat_stop` on `model.adapter`; LLaMA-Adapter V2: docs/design.md §3.3.2
 "###Human: …###Assistant:", a reply ending at EOS or "###"); the reply's leading whitespace (the template's space
 after the assistant tag) is dropped, as in `lav2_jax.inference.chat`.
 
@@ -23,9 +23,12 @@ import io
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from lav2_jax import system_templates
+from lav2_jax.data.images import ImageError, decode
+from lav2_jax.inference import prompts as system_templates
 from lav2_jax.inference.engine import bucket
+from lav2_jax.inference.experts import load_for_model
 from lav2_jax.inference.generation import encode_prompts
 from lav2_jax.serve.schema import ApiError, ChatRequest, Defaults, Limits, TextPart
 
@@ -95,11 +98,6 @@ def data_url_bytes(url: str, limits: Limits, where: str) -> bytes:
 
 def model_image(bundle, data: bytes, limits: Limits, where: str) -> np.ndarray:
     """Image file bytes → the model's preprocessed float32 [S, S, 3]; pixel count checked before decoding."""
-    from PIL import Image, UnidentifiedImageError
-
-    from lav2_jax.data.images import ImageError, decode
-    from lav2_jax.inference.experts import load_for_model
-
     vision = bundle.model.vision
     if vision is None:
         raise ApiError(400, f"{where}: this model is text-only (no vision tower); it cannot take an image",

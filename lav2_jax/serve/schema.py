@@ -37,7 +37,8 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
-    """Sampling (and system text) used when a request leaves a field out (the release's defaults, DESIGN.md §3)."""
+    """Sampling (and system text) used when a request leaves a field out (the release's defaults,
+    docs/design.md §3.3.3)."""
 
     max_tokens: int = 256
     temperature: float = 0.1

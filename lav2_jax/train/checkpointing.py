@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from lav2_jax.checkpoint.items import CheckpointReadError, quiet_failed_reads, reason
 
@@ -37,8 +38,6 @@ def gather_json(obj: Any) -> dict[str, Any]:
     """{process index: obj of that process} on every process (one process: no communication)."""
     if jax.process_count() == 1:
         return {"0": obj}
-    from jax.experimental import multihost_utils
-
     raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     n = int(np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int32))).max())
     padded = np.zeros(n, np.uint8)
@@ -131,8 +130,6 @@ class Checkpointer:
             shutil.move(os.path.join(self.directory, str(s)), dst)
             print(f"lav2 train: moved checkpoint step {s} aside to {dst}", flush=True)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("lav2_discard_checkpoints")
         self.manager.reload()
 

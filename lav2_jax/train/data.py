@@ -4,11 +4,12 @@
   synthetic  `lav2_jax.train.synthetic` (deterministic, in memory; each process takes its rows of the global batch)
   pipeline   `lav2_jax.data.pipeline` grain pipelines over datasets from `lav2 data build`: `config.data.<stream>`
              gives `path` and `max_len`; each process reads its 1/process_count shard with a per-process batch of
-             global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction). LLaVA
-             models add `data.template` and `data.image_aspect` (square | pad); the image token count and id come
-             from the model's splice config; mPLUG-Owl adds `data.augment` (the release's training crop + flip,
-             default on) and `data.max_images` (images per sample, default 1); `data.group_by_modality_length`
-             (LLaVA-1.5 stage 2) makes every global batch all-image or all-text (`lav2_jax.data.modality_groups`).
+             global_batch / process_count. Joint recipe: one `JointPipeline` (caption + instruction). The
+             model's system (`lav2_jax.core.registry.of(adapter)`) adds its fields (`System.pipeline_options`):
+             LLaVA `data.template` and `data.image_aspect` (square | pad), the image token count and id from the
+             model's splice config; mPLUG-Owl `data.augment` (the release's training crop + flip, default on) and
+             `data.max_images` (images per sample, default 1); `data.group_by_modality_length` (LLaVA-1.5 stage
+             2) makes every global batch all-image or all-text (`lav2_jax.data.modality_groups`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Any
 
 import jax
 
+from lav2_jax.checkpoint.layout import read_config
+from lav2_jax.core import registry
+from lav2_jax.data.pipeline import JointPipeline, Pipeline, PipelineConfig
+from lav2_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
 from lav2_jax.train.mesh import local_rows
 from lav2_jax.train.synthetic import MultiStream, SyntheticStream
 
@@ -59,9 +64,6 @@ def synthetic(config, setup) -> MultiStream:
 
 
 def pipeline(config, setup):
-    from lav2_jax.data.pipeline import JointPipeline, Pipeline, PipelineConfig
-    from lav2_jax.data.tokenizer import load_tokenizer
-
     d = config.data
     tok = load_tokenizer(d.tokenizer)
     vision = setup.model.vision
@@ -77,7 +79,7 @@ def pipeline(config, setup):
                             channel_order=order, worker_count=int(d.get("worker_count", 0)),
                             packing=bool(d.get("packing", False)), max_segments=int(sc.get("max_segments", 8)),
                             group_by_modality_length=bool(d.get("group_by_modality_length", False)),
-                            **_spliced_options(d, setup.model.adapter.splice))
+                            **system_options(d, setup.model.adapter))
         return Pipeline(sc.path, tok, pc)
 
     keys = [s.batch_key for s in setup.streams]
@@ -95,8 +97,6 @@ def check_tokenizer(config, model) -> None:
     (`config.model.preset`, or the base checkpoint's config.json). Synthetic data draws ids inside the vocabulary."""
     if config.data.source != "pipeline":
         return
-    from lav2_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
-
     d, mc, splice = config.data, config.model, model.adapter.splice
     where = (f"model.vocab_size in {mc.base_checkpoint}/config.json, config.model.base_checkpoint"
              if mc.get("base_checkpoint") else f"config.model.preset={mc.preset!r}")
@@ -108,18 +108,12 @@ def check_tokenizer(config, model) -> None:
                 splice.image_token_id if splice is not None else None)
 
 
-def _spliced_options(d, splice) -> dict:
-    """PipelineConfig fields of a spliced model: its template, image token count and id, augmentation (LLaVA:
-    none; mPLUG-Owl: `data.augment`, default on = the release's crop + flip) and `data.max_images` (images per
-    sample, default 1)."""
-    if splice is None:
-        return {}
-    if not d.get("template"):
-        raise ValueError("a LLaVA model needs config.data.template (plain, vicuna_v1, llava_v1 or v0)")
-    augment = bool(d.get("augment", True)) if splice.system == "owl" else False
-    return dict(template=d.template, image_tokens=splice.n_tokens, image_token_id=splice.image_token_id,
-                image_aspect=d.get("image_aspect", "square"), augment=augment,
-                max_images=int(d.get("max_images", 1)))
+def system_options(d, adapter) -> dict:
+    """PipelineConfig fields of the model's system: `system` and what the system's `pipeline_options` reads from
+    `config.data` (`d`) and the adapter (LLaVA: its template, image token count and id, no augmentation;
+    mPLUG-Owl: `data.augment`, default on = the release's crop + flip, and `data.max_images`)."""
+    system = registry.of(adapter)
+    return dict(system=system.name, **system.pipeline_options(d, adapter))
 
 
 def channel_order(config) -> str:
@@ -132,8 +126,6 @@ def _base_channel_order(mc) -> str:
     """The base checkpoint's channel order (the released weights want BGR), when training over one."""
     if not mc.get("base_checkpoint"):
         return ""
-    from lav2_jax.checkpoint import read_config
-
     return read_config(mc.base_checkpoint).channel_order
 
 

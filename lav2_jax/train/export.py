@@ -14,8 +14,19 @@ import os
 import tempfile
 from typing import Optional
 
+import jax
 import ml_collections
 from flax import traverse_util
+
+from lav2_jax.checkpoint import save_adapter, save_pretrained
+from lav2_jax.checkpoint.layout import ADAPTER_RECIPE, TOKENIZER_DIR
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core.sharding import logical_shardings, make_mesh
+from lav2_jax.data.tokenizer_train import train_sentencepiece
+from lav2_jax.model.factory import abstract_params
+from lav2_jax.train import state as state_lib
+from lav2_jax.train.checkpointing import read_state
+from lav2_jax.train.data import channel_order
 
 
 def _step_dir(workdir: str, step: Optional[int]) -> tuple[str, int]:
@@ -35,25 +46,12 @@ def _step_dir(workdir: str, step: Optional[int]) -> tuple[str, int]:
 
 def _base_tokenizer(base: str) -> Optional[str]:
     """The tokenizer stored with base checkpoint `base` (its `tokenizer/` folder), if any."""
-    from lav2_jax.checkpoint.layout import TOKENIZER_DIR
-
     path = os.path.join(os.path.abspath(base), TOKENIZER_DIR)
     return path if os.path.isdir(path) else None
 
 
 def export_run(workdir: str, out: str, *, step: Optional[int] = None, overwrite: bool = False) -> str:
     """Writes the trained parameters of `workdir` (checkpoint `step`, default the latest) to `out`; returns it."""
-    import jax
-
-    from lav2_jax import param_groups as pg
-    from lav2_jax.checkpoint import save_adapter, save_pretrained
-    from lav2_jax.checkpoint.layout import ADAPTER_RECIPE
-    from lav2_jax.model.factory import abstract_params
-    from lav2_jax.sharding import logical_shardings, make_mesh
-    from lav2_jax.train import state as state_lib
-    from lav2_jax.train.checkpointing import read_state
-    from lav2_jax.train.data import channel_order
-
     ckpt_dir, step = _step_dir(workdir, step)
     with open(os.path.join(ckpt_dir, str(step), "meta", "metadata")) as f:
         meta = json.load(f)
@@ -82,8 +80,6 @@ def export_run(workdir: str, out: str, *, step: Optional[int] = None, overwrite:
         if tokenizer is None and config.data.get("source") == "synthetic":
             # Synthetic runs train on token ids, not text: a sentencepiece model of exactly the model's vocabulary
             # makes the checkpoint decodable (`lav2 generate` prints text) without a tokenizer of the user's.
-            from lav2_jax.data.testing import train_sentencepiece
-
             tokenizer = train_sentencepiece(os.path.join(tmp, "tokenizer.model"), vocab_size=model.config.vocab_size,
                                             byte_fallback=False)
             info["trained"]["tokenizer"] = "generated for synthetic token ids"

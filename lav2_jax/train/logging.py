@@ -4,7 +4,7 @@ Each logged step writes one JSON line: `step`, per-stream `loss/<stream>`, per-g
 `grad_norm/<group>`, `gate/adapter` and `gate/visual` (mean |tanh(gate)| per layer: the gates open from 0 as training
 proceeds, paper §4.1), `tokens_per_s`, `mfu` (when a peak is known) and `time`. Only process 0 logs.
 
-MFU counts the work of a trained token as 4·N_matmul + 12·L·T·d FLOPs (DESIGN.md §7): forward and activation
+MFU counts the work of a trained token as 4·N_matmul + 12·L·T·d FLOPs (docs/design.md §9): forward and activation
 gradient of every matmul weight (frozen weights need no weight gradient) plus attention scores and values.
 """
 
@@ -15,7 +15,10 @@ import os
 import time
 from typing import Any, Mapping, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 
 def matmul_params(config) -> int:
@@ -27,15 +30,12 @@ def matmul_params(config) -> int:
 
 
 def train_flops_per_token(config, seq_len: int) -> float:
-    """≈ 4·N_matmul + 12·L·T·d (DESIGN.md §7)."""
+    """≈ 4·N_matmul + 12·L·T·d (docs/design.md §9)."""
     return 4.0 * matmul_params(config) + 12.0 * config.n_layers * seq_len * config.dim
 
 
 def measure_matmul_peak(n: int = 2048, dtype: str = "float32", iters: int = 5) -> float:
     """FLOP/s of an n×n×n matmul on the default device (median of `iters` after a warm-up): the MFU reference."""
-    import jax
-    import jax.numpy as jnp
-
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -59,12 +59,10 @@ class MetricsLogger:
         os.makedirs(workdir, exist_ok=True)
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         if tensorboard:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # lazy: it imports protobuf; runs without tensorboard skip it
 
             self.writer = SummaryWriter(os.path.join(workdir, "tb"))
         if progress:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
 
     def step(self, n: int = 1, postfix: Optional[Mapping[str, float]] = None) -> None:

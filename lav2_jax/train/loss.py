@@ -1,4 +1,4 @@
-"""Token cross-entropy over answer tokens (DESIGN.md §3: loss only on answer and EOS tokens).
+"""Token cross-entropy over answer tokens (docs/design.md §3.3.1: loss only on answer and EOS tokens).
 
 The vocabulary projection is done here, not in the model (`Transformer(..., return_hidden=True)` gives the final-normed
 hidden states), so the float32 logits `[B, T, V]` never materialise whole: the vocabulary is cut into chunks of
@@ -10,16 +10,16 @@ storing all of them. With 32000 words, B·T = 1024 and chunks of 4000, the large
 `token_loss_sums` returns the *sum* of per-token losses and the number of counted tokens, so gradient accumulation
 and data parallelism can divide once by the total count (mean per token over the whole global batch).
 
-Instruction data counts the response only (DESIGN.md §3), so the head is wasted on prompt and padding positions.
-With `position_chunk = P > 0` (`loss_position_sums`) each row's loss positions are moved to its front (a stable
-sort of the row by "masked", a permutation), the rows are cut into chunks of P positions, and a loop runs only over
-the chunks that hold a loss position in some row (ceil(max loss positions per row / P) of them: a dynamic trip
-count, static shapes). Each chunk computes its logits [B·P, V] once and, in the same pass, the loss's gradient
-with respect to the hidden states ((softmax - onehot)·mask @ kernelᵀ, a `jax.custom_vjp`), so nothing is stored
-for the backward pass and nothing recomputed; the head's own gradient is a second loop in the backward pass, which
-XLA removes when the head is frozen. The result equals the whole-row loss up to summation order. The sort is per
-row, so batch-sharded rows stay on their devices; `vocab_chunk` composes (two passes over the vocabulary blocks per
-position chunk: log-sum-exp, then the gradients).
+Instruction data counts the response only (docs/design.md §3.3.1), so the head is wasted on prompt and padding
+positions. With `position_chunk = P > 0` (`loss_position_sums`) each row's loss positions are moved to its front (a
+stable sort of the row by "masked", a permutation), the rows are cut into chunks of P positions, and a loop runs
+only over the chunks that hold a loss position in some row (ceil(max loss positions per row / P) of them: a dynamic
+trip count, static shapes). Each chunk computes its logits [B·P, V] once and, in the same pass, the loss's gradient
+with respect to the hidden states ((softmax - onehot)·mask @ kernelᵀ, a `jax.custom_vjp`), so nothing is stored for
+the backward pass and nothing recomputed; the head's own gradient is a second loop in the backward pass, which XLA
+removes when the head is frozen. The result equals the whole-row loss up to summation order. The sort is per row, so
+batch-sharded rows stay on their devices; `vocab_chunk` composes (two passes over the vocabulary blocks per position
+chunk: log-sum-exp, then the gradients).
 """
 
 from __future__ import annotations
@@ -46,8 +46,12 @@ def _logits(hidden: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _lse_and_target(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """logits [..., V] float32, targets [...] → (log-sum-exp, target logit), each [...]."""
-    return jax.nn.logsumexp(logits, axis=-1), jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    """logits [..., V] float32, targets [...] → (log-sum-exp, target logit), each [...].
+
+    A target outside the vocabulary (a spliced system's image placeholder, e.g. LLaVA's 32000 over 32000 words; its
+    loss is masked) reads a clipped column, so the masked product stays finite (the default gather fills NaN)."""
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1), picked
 
 
 def _blocked_lse_and_target(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,

@@ -1,4 +1,4 @@
-"""The device mesh from a config and the placement of host batches on it (DESIGN.md §5).
+"""The device mesh from a config and the placement of host batches on it (docs/design.md §8.2).
 
 `mesh_from_config(config.mesh)` builds the `(data, fsdp, tensor)` mesh over all devices of all processes (-1 fills).
 `global_batch(local, mesh)` turns each process's numpy rows into global `jax.Array`s split over `(data, fsdp)`
@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from lav2_jax.sharding import make_mesh
+from lav2_jax.core.sharding import make_mesh
 from lav2_jax.train.step import batch_sharding
 
 

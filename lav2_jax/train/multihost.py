@@ -1,4 +1,4 @@
-"""Multi-host set-up (DESIGN.md §5): `jax.distributed.initialize` when several processes train together.
+"""Multi-host set-up (docs/design.md §8.2): `jax.distributed.initialize` when several processes train together.
 
 Process discovery, in order: explicit `config.distributed` fields (coordinator address, process count and id),
 the `LAV2_COORDINATOR` / `LAV2_NUM_PROCESSES` / `LAV2_PROCESS_ID` environment variables (the local launch script),
@@ -15,6 +15,8 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 _ENV = ("LAV2_COORDINATOR", "LAV2_NUM_PROCESSES", "LAV2_PROCESS_ID")
 
@@ -56,8 +58,6 @@ def is_main() -> bool:
 def sync(name: str) -> None:
     """A barrier across processes (no-op with one process)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -65,7 +65,4 @@ def any_process(flag: bool) -> bool:
     """True when `flag` is True on any process (e.g. a SIGTERM that reached only some hosts)."""
     if jax.process_count() == 1:
         return bool(flag)
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     return bool(np.asarray(multihost_utils.process_allgather(np.asarray(int(flag)))).max())

@@ -1,16 +1,16 @@
-"""Per-group AdamW for the disjoint parameter groups (paper §4.2, DESIGN.md §2–3).
+"""Per-group AdamW for the disjoint parameter groups (paper §4.2, docs/design.md §6, §3.3).
 
 `build_optimizer` returns an `optax.multi_transform` over the labels `caption`, `instruction` and `frozen`
 (`optax.set_to_zero()`); each trainable group gets its own AdamW (betas 0.9/0.95 by default), its own learning rate
 with a linear warmup then a half-cycle cosine per step (the released schedule; a group's `decay="linear"` decays
 linearly instead, the Hugging Face Trainer's default that mPLUG-Owl's release uses), and its own weight decay,
 applied only to leaves whose role is not a per-layer vector (biases, scales, gates: `NO_DECAY_PATTERN`) and whose
-per-layer rank is ≥ 2 (no decay on 1-D tensors and biases, DESIGN.md §3). Schedules count global steps
+per-layer rank is ≥ 2 (no decay on 1-D tensors and biases, docs/design.md §3.3.4). Schedules count global steps
 (`with_schedule_count`).
 
-The optimizer is only ever given the *trainable* leaves (`lav2_jax.param_groups.split`): frozen weights are never
+The optimizer is only ever given the *trainable* leaves (`lav2_jax.core.param_groups.split`): frozen weights are never
 differentiated and hold no optimizer state; the `frozen` entry only guarantees that a frozen leaf handed to it by
-mistake is zeroed rather than passed through (`optax.masked` alone would pass raw gradients, DESIGN.md §2).
+mistake is zeroed rather than passed through (`optax.masked` alone would pass raw gradients, docs/design.md §6.1).
 
 Gradient clipping is done by the train step (`lav2_jax.train.step`), per stream (each stream's gradients by their own
 global norm), because a step may update only some groups and must leave the others' optimizer state untouched.
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from lav2_jax.param_groups import GROUPS
+from lav2_jax.core.param_groups import GROUPS
 
 TRAINABLE_GROUPS = ("caption", "instruction")
 
@@ -60,8 +60,8 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int, min_lr: f
 
 
 # Leaves whose role is a vector per layer (whatever axes stack them: [D], [L, D] scanned, [K, N] visual gates):
-# biases, norm and linear-adapter scales, zero-init gates. They are never decayed (DESIGN.md §3: no weight decay on
-# 1-D tensors and biases); the rule reads the leaf's name, not logical axis names, so it holds without them.
+# biases, norm and linear-adapter scales, zero-init gates. They are never decayed (docs/design.md §3.3.4: no weight
+# decay on 1-D tensors and biases); the rule reads the leaf's name, not logical axis names, so it holds without them.
 NO_DECAY_PATTERN = r"(^|/)(bias|scale|gate|new_gate|visual_gate|class_embedding)$"
 _NO_DECAY = re.compile(NO_DECAY_PATTERN)
 

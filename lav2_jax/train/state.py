@@ -1,5 +1,5 @@
 """Everything the loop needs, built from a config: model, frozen and trainable parameters on their shardings,
-group labels, the optimizer, state shardings and the jitted step (DESIGN.md §2, §5; paper §4.2).
+group labels, the optimizer, state shardings and the jitted step (docs/design.md §6, §8; paper §4.2).
 
 Trainable leaves are float32 master weights, also when they are base weights stored in bf16 (LLaVA's full
 fine-tune, `param_recipe="llava-stage2"`): the optimizer state is then sized and FSDP-sharded like the base.
@@ -14,6 +14,7 @@ units, the default init (std 0.02) nearly uniform ones, which only adapters coul
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -22,12 +23,12 @@ import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lav2_jax import param_groups as pg
-from lav2_jax import presets
+from lav2_jax.checkpoint import pretrained
+from lav2_jax.checkpoint.layout import read_config
+from lav2_jax.core import param_groups as pg
+from lav2_jax.core import presets, registry
+from lav2_jax.core.sharding import LOGICAL_RULES, logical_shardings
 from lav2_jax.model.factory import abstract_params, build_model, dummy_inputs
-from lav2_jax.sharding import LOGICAL_RULES, logical_shardings
-from lav2_jax.train import llava_config
-from lav2_jax.train import owl_config
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train import step as step_lib
 
@@ -56,19 +57,13 @@ def model_configs(mc) -> tuple:
     config = _override(presets.get_model(mc.preset), remat_policy=mc.get("remat_policy"),
                        weight_dtype=mc.get("weight_dtype"), dtype=mc.get("dtype"), attention=mc.get("attention"),
                        scan_layers=mc.get("scan_layers"))
-    if llava_config.is_llava(mc):  # a spliced system: adapter and vision from `config.model.splice/lora`
-        adapter, vision = llava_config.llava_configs(mc, config)
-        return config, adapter, vision
-    if owl_config.is_owl(mc):  # mPLUG-Owl: adapter (splice, abstractor, LoRA) and vision from `config.model.owl`
-        adapter, vision = owl_config.owl_configs(mc, config)
-        return config, adapter, vision
-    if mc.get("tiny_adapter", False):
-        vis = presets.get_vision(mc.vision) if mc.get("vision") else presets.get_vision("tiny")
-        adapter = presets.tiny_adapter(mc.adapter, config, vis)
-    else:
-        adapter = presets.get_adapter(mc.adapter)
-    vision = presets.get_vision(mc.vision) if (adapter.has_visual and mc.get("vision")) else None
+    adapter, vision = config_system(mc).model_configs(mc, config)
     return config, adapter, vision
+
+
+def config_system(mc):
+    """The System a `config.model` section describes (`config.model.system`, default `lav2`)."""
+    return registry.get(mc.get("system", "lav2"))
 
 
 def _sharded_init(model, shardings, seed: int, output_scale: float, keep=None):
@@ -96,10 +91,6 @@ def load_params(model, mc, mesh, shardings):
     seed = int(mc.get("seed", 0))
     if not mc.get("base_checkpoint"):
         return _sharded_init(model, shardings, seed, float(mc.get("output_scale", 1.0)))
-    import os
-
-    from lav2_jax.checkpoint import pretrained
-
     path = os.path.abspath(mc.base_checkpoint)
     dirs = pretrained.item_dirs(path)
     if mc.get("vision_checkpoint"):  # e.g. mPLUG-Owl stage 1: the vision model from `lav2 convert clip --layout owl`
@@ -113,32 +104,19 @@ def model_from_config(mc):
     """The model: preset configs, or the base checkpoint's model/vision with the config's adapter."""
     config, adapter, vision = model_configs(mc)
     if mc.get("base_checkpoint"):
-        from lav2_jax.checkpoint import read_config
-
         if mc.get("scan_layers") is False:  # checkpoints hold stacked layers; restore_params reads that layout
             raise ValueError("model.scan_layers=False needs a random base: a base_checkpoint is restored stacked")
         base = read_config(mc.base_checkpoint)
         config = _override(base.model, remat_policy=mc.get("remat_policy"), weight_dtype=mc.get("weight_dtype"),
                            dtype=mc.get("dtype"))
-        base_splice = base.adapter.splice if base.adapter is not None else None
-        if adapter.splice is not None and base_splice is not None:  # a converted LLaVA, a stage-1 export: its splice
-            adapter, vision = adapter.replace(splice=base_splice), base.vision or vision
-        elif llava_config.is_llava(mc):  # LM + CLIP (`lav2 convert llava-base`): the config's splice, its tower
-            if base.vision is None:
-                raise ValueError(f"{mc.base_checkpoint}: holds no vision tower for LLaVA; combine the language model "
-                                 "with a CLIP checkpoint first (lav2 convert llava-base --llm ... --clip ...)")
-            adapter, vision = llava_config.llava_configs(mc, config, base.vision)
-        elif adapter.splice is not None:
-            vision = base.vision or vision
-        else:
-            vision = (base.vision or vision) if adapter.has_visual else None
+        adapter, vision = config_system(mc).configs_over_base(mc, config, base, adapter, vision)
     return build_model(config, adapter, vision)
 
 
 def build(config, mesh, model=None, abstract: bool = False) -> tuple[Setup, dict]:
     """(Setup, fresh state) for `config` on `mesh` (`model` replaces the one `config.model` describes, e.g. for
     benchmarks with a custom adapter; its base is then random). `abstract=True` allocates nothing: parameters and
-    state are ShapeDtypeStructs carrying their shardings, for ahead-of-time compilation (`lav2_jax.aot`)."""
+    state are ShapeDtypeStructs carrying their shardings, for ahead-of-time compilation (`lav2_jax.train.aot`)."""
     mc = config.model
     model = model_from_config(mc) if model is None else model
     boxed = abstract_params(model, boxed=True)

@@ -1,4 +1,4 @@
-"""The jitted train step: disjoint groups, gradient accumulation, NaN guard (paper §4.2, DESIGN.md §2, §5).
+"""The jitted train step: disjoint groups, gradient accumulation, NaN guard (paper §4.2, docs/design.md §6, §8).
 
 A *recipe* is a tuple of `Stream`s: a stream names the batch it reads (`batch[stream.batch_key]`) and the trainable
 groups its loss updates. Streams of one step train disjoint groups, so each loss's gradient reaches only its own
@@ -39,9 +39,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from flax import traverse_util
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from lav2_jax import param_groups as pg
+from lav2_jax.core import param_groups as pg
 from lav2_jax.train import optimizer as optim
 from lav2_jax.train.loss import token_loss_sums
 from lav2_jax.train.optimizer import TRAINABLE_GROUPS
@@ -230,8 +232,6 @@ def batch_sharding(mesh, ndim: int) -> NamedSharding:
 def opt_state_shardings(opt_state_shapes, param_shardings: Mapping, mesh):
     """Shardings of an optimizer state: a leaf whose path ends with a parameter's path and has its shape takes that
     parameter's sharding (AdamW moments), anything else (step counts) is replicated."""
-    from flax import traverse_util
-
     flat_sh = traverse_util.flatten_dict(param_shardings)
     replicated = NamedSharding(mesh, P())
 

@@ -1,4 +1,4 @@
-"""The training loop (paper §4.2 joint training; DESIGN.md §2, §5).
+"""The training loop (paper §4.2 joint training; docs/design.md §6, §8).
 
 `train(config, workdir)`:
   1. `jax.distributed` when several processes take part (`lav2_jax.train.multihost`), the `(data, fsdp, tensor)`

@@ -1,4 +1,4 @@
-"""CLIP vision towers → our `clip/...` subtree (DESIGN.md §4; key maps in `lav2_jax.model.clip`).
+"""CLIP vision towers → our `clip/...` subtree (docs/design.md §7.5; key maps in `lav2_jax.model.clip`).
 
 OpenAI weights (a plain state dict, or the TorchScript archive `ViT-L-14.pt`): `visual.*` keys, the text tower is
 ignored. Hugging Face: a directory (`config.json` + weights) of `CLIPModel` / `CLIPVisionModelWithProjection`
@@ -15,9 +15,18 @@ import os
 import re
 from typing import Optional
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
 from lav2_jax.checkpoint.convert import ops
-from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import VisionConfig
+from lav2_jax.checkpoint.convert.hf import read_json, weight_files
+from lav2_jax.checkpoint.convert.plan import Ref, convert_plan, single, stacked
+from lav2_jax.checkpoint.convert.sources import TensorFile
+from lav2_jax.checkpoint.layout import BASE_ITEM, CheckpointConfig
+from lav2_jax.core.config import VisionConfig
+from lav2_jax.model.clip import CLIPVisionTower
 
 HF_ROOT = "vision_model."
 OPENAI_IGNORE = (r"^(?!visual\.)",)
@@ -143,9 +152,6 @@ def clip_plan(v: VisionConfig, by_key: dict, fmt: str, where: str, root: str = H
 
 def open_clip(path: str) -> tuple[str, dict, list]:
     """(fmt, {key: TensorFile}, files) for an OpenAI file / TorchScript archive or an HF directory."""
-    from lav2_jax.checkpoint.convert.hf import weight_files
-    from lav2_jax.checkpoint.convert.sources import TensorFile
-
     if os.path.isdir(path):
         by_key, files = weight_files(path)
         return "hf", by_key, files
@@ -160,8 +166,6 @@ def hf_heads(path: str) -> Optional[int]:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         return None
-    from lav2_jax.checkpoint.convert.hf import read_json
-
     cfg = read_json(cfg_path)
     return (cfg.get("vision_config") or cfg).get("num_attention_heads")
 
@@ -173,14 +177,6 @@ def clip_sources(fmt: str, files: list) -> list:
 def convert_clip(clip: str, out_dir: str, *, heads: Optional[int] = None, weight_dtype: str = "bfloat16",
                  overwrite: bool = False) -> str:
     """`lav2 convert clip`: a vision-only checkpoint (config `model` null, `clip/...` leaves in the base item)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import traverse_util
-
-    from lav2_jax.checkpoint.convert.plan import convert_plan
-    from lav2_jax.checkpoint.layout import BASE_ITEM, CheckpointConfig
-    from lav2_jax.model.clip import CLIPVisionTower
-
     fmt, by_key, files = open_clip(clip)
     vision = infer_vision(by_key, fmt, clip, heads or hf_heads(clip), weight_dtype)
     plan = clip_plan(vision, by_key, fmt, clip)
@@ -194,6 +190,4 @@ def convert_clip(clip: str, out_dir: str, *, heads: Optional[int] = None, weight
 
 
 def nn_unbox(tree):
-    import flax.linen as nn
-
     return nn.unbox(tree)

@@ -1,4 +1,4 @@
-"""Hugging Face Llama directories → our tree (DESIGN.md §4).
+"""Hugging Face Llama directories → our tree (docs/design.md §7.3).
 
 Reads `config.json` and the weights: `model.safetensors.index.json` (+ shards), `model.safetensors`,
 `pytorch_model.bin.index.json` (+ shards) or `pytorch_model.bin`. HF already uses the half-split RoPE layout, so
@@ -12,8 +12,13 @@ import os
 from typing import Optional
 
 from lav2_jax.checkpoint.convert import ops
-from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import ModelConfig
+from lav2_jax.checkpoint.convert.meta import linear_shapes
+from lav2_jax.checkpoint.convert.plan import Ref, convert_plan, model_targets, single, stacked
+from lav2_jax.checkpoint.convert.sources import TensorFile
+from lav2_jax.checkpoint.layout import CheckpointConfig
+from lav2_jax.core import presets
+from lav2_jax.core.config import ModelConfig
+from lav2_jax.model.factory import build_model
 
 HF_LINEARS = {"wq": ("attention", "self_attn.q_proj"), "wk": ("attention", "self_attn.k_proj"),
               "wv": ("attention", "self_attn.v_proj"), "wo": ("attention", "self_attn.o_proj"),
@@ -60,8 +65,6 @@ def hf_config(cfg: dict, path: str, weight_dtype: str, max_seq_len: Optional[int
 
 def weight_files(directory: str) -> tuple[dict, list]:
     """({key: TensorFile}, [TensorFile]) over the directory's weight files (index checked against the files)."""
-    from lav2_jax.checkpoint.convert.sources import TensorFile
-
     for name, is_index in WEIGHT_FILES:
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
@@ -100,8 +103,6 @@ def hf_llama_plan(c: ModelConfig, by_key: dict, tied: bool, where: str, prefix: 
     plan = [single(("tok_embeddings", "embedding"), (c.vocab_size, c.dim), emb, ops.first),
             single(("output", "kernel"), (c.dim, c.vocab_size), head, ops.linear(0)),
             single(("norm", "scale"), (c.dim,), ref("model.norm.weight", (c.dim,)), ops.first)]
-    from lav2_jax.checkpoint.convert.meta import linear_shapes
-
     for name, full in linear_shapes(c).items():
         group, hf = HF_LINEARS[name]
         plan.append(stacked(("layers", group, name, "kernel"), full[::-1],
@@ -115,11 +116,6 @@ def hf_llama_plan(c: ModelConfig, by_key: dict, tied: bool, where: str, prefix: 
 def convert_hf(hf_dir: str, out_dir: str, *, weight_dtype: str = "bfloat16", max_seq_len: Optional[int] = None,
                overwrite: bool = False) -> str:
     """`lav2 convert hf`: a Hugging Face Llama directory → a language-only checkpoint (adapter preset `none`)."""
-    from lav2_jax import presets
-    from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
-    from lav2_jax.checkpoint.layout import CheckpointConfig
-    from lav2_jax.model.factory import build_model
-
     cfg_path = os.path.join(hf_dir, "config.json")
     config, tied = hf_config(read_json(cfg_path), cfg_path, weight_dtype, max_seq_len)
     by_key, files = weight_files(hf_dir)

@@ -1,4 +1,5 @@
-"""Meta LLaMA checkpoints → our tree (DESIGN.md §4): `params.json` + `consolidated.NN.pth` model-parallel shards.
+"""Meta LLaMA checkpoints → our tree (docs/design.md §7.2): `params.json` + `consolidated.NN.pth` model-parallel
+shards.
 
 Shard merging, torch [out, in] layout: wq wk wv w1 w3 `output` concatenate on dim 0, wo w2 on dim 1,
 `tok_embeddings` on dim 1; norms are replicated (taken from shard 0, checked in every shard); `rope.freqs` ignored.
@@ -15,8 +16,13 @@ import re
 from typing import Optional
 
 from lav2_jax.checkpoint.convert import ops
-from lav2_jax.checkpoint.convert.plan import Ref, single, stacked
-from lav2_jax.config import ModelConfig
+from lav2_jax.checkpoint.convert.plan import Ref, convert_plan, model_targets, single, stacked
+from lav2_jax.checkpoint.convert.sources import TensorFile
+from lav2_jax.checkpoint.layout import CheckpointConfig
+from lav2_jax.core import presets
+from lav2_jax.core.config import ModelConfig
+from lav2_jax.data.tokenizer import load_tokenizer
+from lav2_jax.model.factory import build_model
 
 LINEARS = {"wq": ("attention", 0), "wk": ("attention", 0), "wv": ("attention", 0), "wo": ("attention", 1),
            "w1": ("feed_forward", 0), "w2": ("feed_forward", 1), "w3": ("feed_forward", 0)}
@@ -129,20 +135,12 @@ def norm_keys(prefix: str = "") -> tuple[str, ...]:
 def tokenizer_vocab(tokenizer: Optional[str]) -> Optional[int]:
     if tokenizer is None:
         return None
-    from lav2_jax.data.tokenizer import load_tokenizer
-
     return load_tokenizer(tokenizer).vocab_size
 
 
 def convert_meta(ckpt_dir: str, out_dir: str, *, tokenizer: Optional[str] = None, weight_dtype: str = "bfloat16",
                  max_seq_len: int = 2048, overwrite: bool = False) -> str:
     """`lav2 convert meta`: a Meta LLaMA directory → a language-only checkpoint (adapter preset `none`)."""
-    from lav2_jax import presets
-    from lav2_jax.checkpoint.convert.plan import convert_plan, model_targets
-    from lav2_jax.checkpoint.convert.sources import TensorFile
-    from lav2_jax.checkpoint.layout import CheckpointConfig
-    from lav2_jax.model.factory import build_model
-
     params_path = os.path.join(ckpt_dir, "params.json")
     if tokenizer is None:
         for cand in (os.path.join(ckpt_dir, "tokenizer.model"), os.path.join(ckpt_dir, "..", "tokenizer.model")):

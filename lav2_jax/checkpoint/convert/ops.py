@@ -1,4 +1,4 @@
-"""Array transforms shared by the converters and exporters (DESIGN.md §1.1 RoPE layouts, §4 shard axes).
+"""Array transforms shared by the converters and exporters (docs/design.md §2.2 RoPE layouts, §7.2 shard axes).
 
 Torch linear weights are [out, in]; our kernels [in, out]. Meta checkpoints (and the released adapter files) pair
 adjacent RoPE dims (2i, 2i+1); we use the half-split layout, so q/k *output* rows are permuted per head:

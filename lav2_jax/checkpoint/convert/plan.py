@@ -18,7 +18,11 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from flax import traverse_util
 
-from lav2_jax.checkpoint.layout import ADAPTER_ITEM, BASE_ITEM
+from lav2_jax.checkpoint.atomic import atomic_directory
+from lav2_jax.checkpoint.layout import ADAPTER_ITEM, BASE_ITEM, write_config
+from lav2_jax.checkpoint.pretrained import adapter_mask, copy_tokenizer
+from lav2_jax.checkpoint.stream import ItemWriter
+from lav2_jax.model.factory import abstract_params
 
 Fn = Callable[[list], np.ndarray]
 
@@ -61,9 +65,6 @@ def stacked(key: tuple, shape: tuple, per_layer: Iterable[tuple[list, Fn]]) -> L
 
 def model_targets(model) -> tuple[dict, dict]:
     """({leaf path: ShapeDtypeStruct}, {leaf path: item name}) of a Transformer: what a plan must produce."""
-    from lav2_jax.checkpoint.pretrained import adapter_mask
-    from lav2_jax.model.factory import abstract_params
-
     shapes = traverse_util.flatten_dict(abstract_params(model))
     mask = adapter_mask(model, abstract_params(model))
     return shapes, {k: ADAPTER_ITEM if mask[k] else BASE_ITEM for k in shapes}
@@ -120,11 +121,6 @@ def write_checkpoint(out_dir, config, plan: list, items: dict, *, tokenizer=None
                      files: Iterable = ()) -> str:
     """Streams `plan` into a checkpoint at `out_dir` (atomic): `config` a CheckpointConfig (its `items` are set
     here), `items` {leaf path: item name} from `model_targets`. Returns the absolute path."""
-    from lav2_jax.checkpoint.atomic import atomic_directory
-    from lav2_jax.checkpoint.layout import write_config
-    from lav2_jax.checkpoint.pretrained import copy_tokenizer
-    from lav2_jax.checkpoint.stream import ItemWriter
-
     names = tuple(n for n in (BASE_ITEM, ADAPTER_ITEM) if n in items.values())
     config = config.replace(items=names)
     files = list(files)

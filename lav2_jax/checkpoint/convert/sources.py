@@ -25,7 +25,7 @@ SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F
 
 def _to_numpy(t) -> np.ndarray:
     import ml_dtypes
-    import torch
+    import torch  # lazy here and below: torch/safetensors are the optional `convert` extra
 
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:

@@ -6,8 +6,9 @@ Per linear (our kernel K [in, out], bias b [out], scale s, LoRA A [in, r], B [r,
   HF weight = K'.T. Any bias on q/k/v/o → `attention_bias=True` (absent ones written as zeros); on the FFN →
   `mlp_bias=True`. Norms copy. Our RoPE layout is HF's, so nothing is permuted.
 Refused (ValueError with the reason): adapter prompts or visual fusion, which a plain Llama cannot express.
-LLaVA checkpoints export as `LlavaForConditionalGeneration` (`lav2_jax.checkpoint.export.llava`): the Llama under
-`language_model.`, plus the tower and the projector.
+A spliced model exports as its system's transformers model (`System.hf_export`; LLaVA:
+`LlavaForConditionalGeneration`, the Llama under `language_model.`, plus the tower and the projector); a system
+without one is refused.
 Streamed: one safetensors file per linear (all layers' q_proj, …), one for the norms and one for embeddings and head,
 with `model.safetensors.index.json`; only the leaves of the file being written are read (host memory ≈ one stacked
 kernel, not the model).
@@ -23,8 +24,12 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from lav2_jax.checkpoint.export import llava
-from lav2_jax.config import LINEAR_NAMES
+from lav2_jax.checkpoint.atomic import atomic_directory
+from lav2_jax.checkpoint.export import export_config
+from lav2_jax.checkpoint.layout import TOKENIZER_DIR
+from lav2_jax.checkpoint.pretrained import checkpoint_reader
+from lav2_jax.core import registry
+from lav2_jax.core.config import LINEAR_NAMES
 
 HF = {"wq": "self_attn.q_proj", "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj",
       "w1": "mlp.gate_proj", "w2": "mlp.down_proj", "w3": "mlp.up_proj"}
@@ -32,8 +37,7 @@ ATTN = ("wq", "wk", "wv", "wo")
 
 
 def check_mergeable(a, where: str) -> None:
-    if a.splice is not None:
-        llava.check_exportable(a, where)
+    registry.of(a).hf_export(a, where)  # ValueError for a model without a Hugging Face equivalent
     if a.has_prompts or a.has_visual:
         what = [w for w, on in (("adapter prompts", a.has_prompts), (f"{a.visual_fusion} visual fusion",
                                                                       a.has_visual)) if on]
@@ -58,14 +62,10 @@ def merge_linear(a, name: str, leaf: dict, i: int) -> tuple[np.ndarray, np.ndarr
 
 def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool = False) -> str:
     """`lav2 export hf --ckpt C --out DIR [--dtype float32|bfloat16]`."""
+    # Lazy: torch, safetensors and transformers are optional dependencies (the `test` extra)
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
-
-    from lav2_jax.checkpoint.atomic import atomic_directory
-    from lav2_jax.checkpoint.export import export_config
-    from lav2_jax.checkpoint.layout import TOKENIZER_DIR
-    from lav2_jax.checkpoint.pretrained import checkpoint_reader
 
     export_config(ckpt, out_dir, overwrite, check_mergeable)
     model, _, keys, read = checkpoint_reader(ckpt)
@@ -81,7 +81,8 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
                          rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
                          attention_bias=attn_bias, mlp_bias=mlp_bias, dtype=dtype)
     t = lambda x: torch.from_numpy(np.array(x, np.float32, copy=True, order="C")).to(tdtype)  # noqa: E731
-    pre = "" if a.splice is None else llava.LANGUAGE_PREFIX  # LLaVA: the Llama inside LlavaForConditionalGeneration
+    system_part = registry.of(a).hf_export(a, ckpt)  # None: a plain Llama
+    pre = "" if system_part is None else system_part.prefix  # LLaVA: the Llama inside LlavaForConditionalGeneration
     layer = lambda i, name: f"{pre}model.layers.{i}.{name}"  # noqa: E731
 
     def linear(name: str) -> dict:
@@ -109,10 +110,9 @@ def export_hf(ckpt: str, out_dir: str, dtype: str | None = None, overwrite: bool
 
     # One file per stacked leaf group, so only one group is in host memory at a time.
     parts = [functools.partial(linear, n) for n in LINEAR_NAMES] + [norms, embeddings]
-    if a.splice is not None:
-        hf_cfg = llava.llava_config(hf_cfg, model)
-        parts += [functools.partial(llava.vision_tensors, read, keys, model.vision, t),
-                  functools.partial(llava.projector_tensors, read, keys, t)]
+    if system_part is not None:
+        hf_cfg = system_part.config(hf_cfg, model)
+        parts += system_part.parts(read, keys, model, t)
     fname = lambda j: f"model-{j + 1:05d}-of-{len(parts):05d}.safetensors"  # noqa: E731
     weight_map: dict[str, str] = {}
     with atomic_directory(out_dir, overwrite) as tmp:
