@@ -13,7 +13,7 @@ from lav2_jax.cli.main import main
 from lav2_jax.demo import scenes as sc
 from lav2_jax.demo.report import CONDITIONS
 from lav2_jax.demo.run import QUICK_TRAIN_STEPS
-from lav2_jax.eval import heldout
+from lav2_jax.demo import heldout
 from lav2_jax.model.factory import build_model, init_params
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -81,13 +81,16 @@ def quiet(stderr: str) -> bool:
 
 
 def damage(work, step, how) -> str:
-    """Truncates (or deletes) the largest array file of checkpoint `step`'s state item; returns its path."""
+    """Truncates every array file of checkpoint `step`'s state item to a third (an interrupted copy), or deletes
+    the largest one; returns the largest one's path. Every file is truncated because which data file holds the
+    arrays a restore reads depends on the write history (a resumed run's item may keep a file no array points to)."""
     root = os.path.join(work, "checkpoints", str(step), "state")
     files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if os.sep + "d" + os.sep in
              os.path.join(d, f)]
     target = max(files, key=os.path.getsize)
     if how == "truncate":
-        os.truncate(target, os.path.getsize(target) // 3)
+        for f in files:
+            os.truncate(f, os.path.getsize(f) // 3)
     else:
         os.remove(target)
     COUNTS["faults_injected"] += 1

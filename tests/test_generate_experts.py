@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from generate_helpers import tiny_bundle
-from lav2_jax.core import templates
+from lav2_jax.core import presets, templates
 from lav2_jax.inference import experts
 from lav2_jax.inference.experts import (CaptionExpert, ExpertUnavailable, OcrExpert, expert_prompt, get_expert,
                                         register_expert)
@@ -59,7 +59,7 @@ def test_caption_expert_uses_the_caption_prompt(tmp_path, monkeypatch):
         calls.append((prompts, images, kw))
         return types.SimpleNamespace(texts=[" a grey square "])
 
-    monkeypatch.setattr("lav2_jax.inference.generation.generate", fake_generate)
+    monkeypatch.setattr("lav2_jax.inference.experts.generate", fake_generate)
     bundle = tiny_bundle("release-bias", vision=True)
     text = CaptionExpert(bundle)(str(path))
     assert text == "a grey square"
@@ -124,3 +124,21 @@ def test_ocr_expert_reads_a_drawn_sign_into_the_prompt(tmp_path):
     assert expert(str(path)) == "LEMON TEA open daily 42"
     assert expert_prompt("What does the sign say?", str(path), expert) == templates.alpaca(
         "What does the sign say?", input="LEMON TEA open daily 42")
+
+
+def test_caption_expert_asks_in_the_format_of_the_models_system(monkeypatch):
+    """LLaVA and mPLUG-Owl models are asked for a caption in their own prompt format, not LLaMA-Adapter's."""
+    asked = []
+
+    def fake_generate(bundle, prompts, images=None, **kw):
+        asked.append(prompts[0])
+        return types.SimpleNamespace(texts=["a caption"])
+
+    monkeypatch.setattr("lav2_jax.inference.experts.generate", fake_generate)
+    monkeypatch.setattr("lav2_jax.inference.experts.load_for_model", lambda bundle, image: np.zeros((4, 4, 3)))
+    for name in ("llava15", "owl"):
+        model = types.SimpleNamespace(adapter=presets.get_adapter(name), vision=object())
+        assert CaptionExpert(types.SimpleNamespace(model=model))("unused.png") == "a caption"
+    llava, owl = asked
+    assert llava.endswith("USER: <image>\nProvide a one-sentence caption for the provided image. ASSISTANT:")
+    assert owl.endswith("Human: <image>\nHuman: Describe the image briefly.\nAI: ")

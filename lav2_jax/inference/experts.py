@@ -10,8 +10,8 @@ whitespace, fills the `### Input:` field of the Alpaca template (docs/design.md 
 (blank text) gives the no-input template.
 
 Built in:
-  caption  the model captions the image itself with the caption prompt (`templates.caption_prompt()`), greedy by
-           default, through `generate` (needs a model with a vision tower).
+  caption  the model captions the image itself with its system's caption prompt (`prompts.caption_prompt`),
+           greedy by default, through `generate` (needs a model with a vision tower).
   ocr      text found by Tesseract: `pytesseract` (pip) + the `tesseract-ocr` binary (Debian package). Optional:
            when either is missing, `ExpertUnavailable` says what to install.
 """
@@ -26,6 +26,7 @@ from PIL import Image
 
 from lav2_jax.core import templates
 from lav2_jax.data.images import decode, preprocess
+from lav2_jax.inference import prompts
 from lav2_jax.inference.generation import generate
 
 ImageInput = Union[str, os.PathLike, Image.Image]
@@ -52,7 +53,7 @@ def load_for_model(bundle, image: ImageInput):
 
 
 class CaptionExpert:
-    """Captions with the model itself: `generate(bundle, [caption_prompt()], [image])`."""
+    """Captions with the model itself: `generate(bundle, [caption prompt of its system], [image])`."""
 
     name = "caption"
 
@@ -65,7 +66,8 @@ class CaptionExpert:
 
     def __call__(self, image: ImageInput) -> str:
         pixels = load_for_model(self.bundle, image)
-        return generate(self.bundle, [templates.caption_prompt()], [pixels], **self.options).texts[0].strip()
+        prompt = prompts.caption_prompt(self.bundle.model.adapter)
+        return generate(self.bundle, [prompt], [pixels], **self.options).texts[0].strip()
 
 
 class OcrExpert:
