@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
+from lav2_jax.core import templates
 from lav2_jax.core.recipe import Recipe
 
 if TYPE_CHECKING:  # annotations only: the registry (hence `lav2 --help`) imports this module, and stays free of jax
@@ -200,8 +201,10 @@ class System:
         raise NotImplementedError
 
     def from_alpaca(self, adapter, prompt_text: str, image=False) -> str:
-        """An Alpaca-formatted prompt (what the benchmarks of `lav2_jax.eval` write) in this system's format."""
-        return prompt_text
+        """An Alpaca-formatted prompt (what the benchmarks of `lav2_jax.eval` write) in this system's format: its
+        instruction and input re-rendered by `instruction_prompt`; any other text unchanged."""
+        parsed = templates.parse_alpaca(prompt_text)
+        return prompt_text if parsed is None else self.instruction_prompt(adapter, *parsed, image=image)
 
 
 def _leaves(tree: Mapping, prefix: tuple = ()) -> Iterator[tuple[tuple, Any]]:

@@ -125,6 +125,12 @@ def _alpaca_pattern(fmt: str) -> re.Pattern:
 _ALPACA_PATTERNS = (_alpaca_pattern(ALPACA_WITH_INPUT), _alpaca_pattern(ALPACA_NO_INPUT))
 
 
+def question_with_input(instruction: str, input_text: str | None) -> str:
+    """One question from an instruction and its optional Input field (the instruction, then the input on its own
+    line when it has text), for prompt formats without a separate Input field (LLaVA, mPLUG-Owl)."""
+    return instruction + ("\n" + input_text if input_text and input_text.strip() else "")
+
+
 def parse_alpaca(prompt_text: str) -> tuple[str, str | None] | None:
     """(instruction, input or None) of a prompt written by `alpaca`, or None for any other text."""
     for pattern in _ALPACA_PATTERNS:

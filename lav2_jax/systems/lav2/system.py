@@ -81,5 +81,9 @@ class LlamaAdapterV2(System):
     def caption_prompt(self, adapter) -> str:
         return templates.caption_prompt()
 
+    def from_alpaca(self, adapter, prompt_text: str, image=False) -> str:
+        """Alpaca is this system's own format: unchanged."""
+        return prompt_text
+
 
 SYSTEM = register(LlamaAdapterV2())

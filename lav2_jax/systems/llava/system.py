@@ -103,7 +103,7 @@ class Llava(System):
 
     # ---- prompts ----
     def instruction_prompt(self, adapter, instruction: str, input_text: Optional[str] = None, image=False) -> str:
-        question = instruction + ("\n" + input_text if input_text and input_text.strip() else "")
+        question = templates.question_with_input(instruction, input_text)
         return _prompt([("human", question)], image)
 
     def chat_prompt(self, adapter, turns: Sequence[tuple[str, str]], system: Optional[str] = None,
@@ -116,9 +116,6 @@ class Llava(System):
     def caption_prompt(self, adapter) -> str:
         return _prompt([("human", CAPTION_QUESTION)], True)
 
-    def from_alpaca(self, adapter, prompt_text: str, image=False) -> str:
-        parsed = templates.parse_alpaca(prompt_text)
-        return prompt_text if parsed is None else self.instruction_prompt(adapter, *parsed, image=image)
 
 
 SYSTEM = register(Llava())

@@ -80,7 +80,7 @@ class MplugOwl(System):
 
     # ---- prompts ----
     def instruction_prompt(self, adapter, instruction: str, input_text: Optional[str] = None, image=False) -> str:
-        question = instruction + ("\n" + input_text if input_text and input_text.strip() else "")
+        question = core_templates.question_with_input(instruction, input_text)
         return templates.prompt(question, image=image)
 
     def chat_prompt(self, adapter, turns: Sequence[tuple[str, str]], system: Optional[str] = None,
@@ -94,9 +94,6 @@ class MplugOwl(System):
     def caption_prompt(self, adapter) -> str:
         return templates.prompt(CAPTION_QUESTION, image=True)
 
-    def from_alpaca(self, adapter, prompt_text: str, image=False) -> str:
-        parsed = core_templates.parse_alpaca(prompt_text)
-        return prompt_text if parsed is None else self.instruction_prompt(adapter, *parsed, image=image)
 
 
 SYSTEM = register(MplugOwl())
